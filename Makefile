@@ -1,0 +1,34 @@
+# pyro-dturbo: `make demo` and `make test` each set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned: the CPU build on disk, never a CUDA download.
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pyro_dturbo.cli demo --out results/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/regression.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check pyro_dturbo tests benchmarks
+	$(PY) -m mypy pyro_dturbo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,33 @@
+"""How beliefs are updated: messages, Module A / Module B, the Turbo loop, guides, baselines.
+
+The pure tensor maths (``messages``, ``chain``, ``loopy``) import nothing from this package,
+so :mod:`pyro_dturbo.models` can use them for exact log-densities and sampling; the public
+names below are therefore loaded lazily (PEP 562) to keep that import free of cycles.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "BernoulliMessage": "messages",
+    "GaussianMessage": "messages",
+    "RegressionModuleA": "vbi",
+    "TurboVBI": "turbo",
+    "TurboState": "turbo",
+    "TurboResult": "turbo",
+    "SparseRegressionResult": "turbo",
+    "fit_sparse_regression": "turbo",
+    "TurboGuide": "guide",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

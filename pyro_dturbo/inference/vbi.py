@@ -203,20 +203,17 @@ class RegressionModuleA:
         return {self.layer: params["support_probs"]}
 
     def init_params(self, prior_probs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Start from the prior: ``q(s) = pi`` and ``E[rho]`` the inverse of the prior's
-        variance scale ``pi v1 + (1 - pi) v0`` (a ridge start that lets every weight explain
-        part of ``y``, so the first cavities already account for the other weights)."""
+        """Start on the inactive side: ``q(s) = pi``, ``E[rho]`` at its prior mean, and a
+        learned noise precision at ``1 / var(y)`` (all of ``y`` counted as noise), so the
+        first cavities are cautious and the strongest weights switch on first."""
         prior_probs = prior_probs[self.layer]
-        variance = (
-            prior_probs * self.prior.active_variance
-            + (1 - prior_probs) * self.prior.inactive_variance
-        )
-        mean_precision = 1.0 / variance
+        (a, b), (abar, bbar) = self.prior.active, self.prior.inactive
+        mean_precision = prior_probs * (a / b) + (1 - prior_probs) * (abar / bbar)
         y_var = self.y.var() if self.y.numel() > 1 else self.y.new_tensor(1.0)
         beta = (
             self.y.new_tensor(float(self.fixed_noise))
             if self.fixed_noise is not None
-            else 100.0 / y_var.clamp_min(1e-12)  # 20 dB below the signal to start
+            else 1.0 / y_var.clamp_min(1e-12)
         )
         shape = torch.ones_like(prior_probs)
         return {

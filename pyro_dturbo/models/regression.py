@@ -33,10 +33,12 @@ def default_regression_prior() -> SparsePrior:
     """A Markov-chain prior for clustered sparse vectors with unit-scale active entries.
 
     Chain ``p01 = 0.01, p10 = 0.1`` (about 9% active, runs of 10), active precision
-    ``Gamma(1, 1)``, inactive ``Gamma(1, 1e-4)`` (inactive weights of scale 0.01).
+    ``Gamma(1, 1)`` (wide), inactive ``Gamma(100, 1e-4)``: narrow around a precision of 1e6,
+    so an inactive weight cannot widen its own prior to absorb noise (a shape-1 inactive law
+    lets it, and the learned noise precision then runs away).
     """
     return SparsePrior(
-        MarkovChainSupport(p01=0.01, p10=0.1), active=(1.0, 1.0), inactive=(1.0, 1e-4)
+        MarkovChainSupport(p01=0.01, p10=0.1), active=(1.0, 1.0), inactive=(100.0, 1e-4)
     )
 
 

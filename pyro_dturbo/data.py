@@ -67,7 +67,10 @@ def clustered_sparse_regression(
             raise ValueError(f"{name} must be in (0, 1), got {p}")
     gen = torch.Generator().manual_seed(seed)
     support = sample_chain(
-        torch.tensor(p01, dtype=dtype), torch.tensor(p10, dtype=dtype), (num_weights,), generator=gen
+        torch.tensor(p01, dtype=dtype),
+        torch.tensor(p10, dtype=dtype),
+        (num_weights,),
+        generator=gen,
     )
     weight = torch.randn(num_weights, generator=gen, dtype=dtype) * support
     X = torch.randn(num_obs, num_weights, generator=gen, dtype=dtype) / math.sqrt(num_obs)

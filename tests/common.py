@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 
-def assert_close(actual: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-6, msg: str = "") -> None:
+def assert_close(
+    actual: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-6, msg: str = ""
+) -> None:
     """Assert two values are close, recursing into dicts and sequences."""
     if isinstance(expected, Mapping):
         assert isinstance(actual, Mapping), f"{msg}: expected a mapping, got {type(actual)}"

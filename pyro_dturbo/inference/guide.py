@@ -77,7 +77,11 @@ class TurboGuide(PyroModule):
                 for name, site in trace.nodes.items()
                 if site["type"] == "sample" and not site["is_observed"]
             ]
-            known = {f"{layer}.{part}" for layer in self._layers for part in ("support", "precision", "weight")}
+            known = {
+                f"{layer}.{part}"
+                for layer in self._layers
+                for part in ("support", "precision", "weight")
+            }
             if self._noise is not None:
                 known.add("noise_precision")
             uncovered = sorted(set(sites) - known)
@@ -157,7 +161,11 @@ class TurboGuide(PyroModule):
         return {site: self._dist(site).sample((num_samples,)) for site in sites}
 
     def _all_sites(self) -> list[str]:
-        sites = [f"{layer}.{part}" for layer in self._layers for part in ("support", "precision", "weight")]
+        sites = [
+            f"{layer}.{part}"
+            for layer in self._layers
+            for part in ("support", "precision", "weight")
+        ]
         return sites + (["noise_precision"] if self._noise is not None else [])
 
     def _dtype(self) -> torch.dtype:

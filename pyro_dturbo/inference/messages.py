@@ -60,7 +60,9 @@ class BernoulliMessage:
         return cls(torch.logit(probs.clamp(eps, 1.0 - eps)))
 
     @classmethod
-    def uniform(cls, shape: tuple[int, ...] | torch.Size, **tensor_kwargs: object) -> BernoulliMessage:
+    def uniform(
+        cls, shape: tuple[int, ...] | torch.Size, **tensor_kwargs: object
+    ) -> BernoulliMessage:
         """The non-informative message (log-odds zero)."""
         return cls(torch.zeros(shape, **tensor_kwargs))  # type: ignore[call-overload]
 
@@ -169,6 +171,4 @@ class GaussianMessage:
 
     def log_normalizer(self) -> Tensor:
         """``log ∫ exp(-precision w²/2 + eta w) dw`` elementwise (proper messages only)."""
-        return 0.5 * (self.eta**2 / self.precision) + 0.5 * torch.log(
-            2 * torch.pi / self.precision
-        )
+        return 0.5 * (self.eta**2 / self.precision) + 0.5 * torch.log(2 * torch.pi / self.precision)

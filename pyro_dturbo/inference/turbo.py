@@ -159,9 +159,7 @@ class TurboVBI:
         kw: dict[str, Any] = {}
         if like is not None:
             kw = {"dtype": like.dtype, "device": like.device}
-        zero = {
-            name: torch.zeros(sup.event_shape, **kw) for name, sup in self.supports.items()
-        }
+        zero = {name: torch.zeros(sup.event_shape, **kw) for name, sup in self.supports.items()}
         prior_logits = {
             name: clip_logits(sup.extrinsic(zero[name])) for name, sup in self.supports.items()
         }

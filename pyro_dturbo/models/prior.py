@@ -119,7 +119,12 @@ class SparsePrior:
             )
 
     def replace(self, **changes: Any) -> SparsePrior:
-        """A copy with some fields changed, e.g. ``prior.replace(support=IndependentSupport(0.1))``."""
+        """A copy with some fields changed.
+
+        Example::
+
+            >>> independent = prior.replace(support=IndependentSupport(0.1))
+        """
         fields = {
             "support": self.support,
             "active": self.active,
@@ -159,7 +164,9 @@ class SparsePrior:
         else:
             s = pyro.sample(f"{name}.support", support)
             concentration, rate = prior.precision_params(s)
-            rho = pyro.sample(f"{name}.precision", dist.Gamma(concentration, rate).to_event(event_dims))
+            rho = pyro.sample(
+                f"{name}.precision", dist.Gamma(concentration, rate).to_event(event_dims)
+            )
         return pyro.sample(f"{name}.weight", dist.Normal(0.0, rho.rsqrt()).to_event(event_dims))
 
     # -- declaration -------------------------------------------------------------------------
@@ -269,9 +276,7 @@ class MarginalPrecision(TorchDistribution):
         support = self.support_dist
         if isinstance(support, IndependentSupport):
             emit = dist.Gamma(concentration, rate).log_prob(value.unsqueeze(-1))
-            logw = torch.tensor(
-                [math.log1p(-support.p), math.log(support.p)], dtype=value.dtype
-            )
+            logw = torch.tensor([math.log1p(-support.p), math.log(support.p)], dtype=value.dtype)
             lp = torch.logsumexp(emit + logw, dim=-1)
             return lp.reshape(lp.shape[: lp.dim() - len(self.event_shape)] + (-1,)).sum(-1)
         assert isinstance(support, MarkovChainSupport)

@@ -21,6 +21,7 @@ References
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,8 +100,9 @@ class SupportStructure(TorchDistribution):
         """A copy of this structure over a tensor of the given shape."""
         return self._rebind(_check_shape(shape))  # type: ignore[arg-type]
 
+    @abstractmethod
     def _rebind(self, shape: torch.Size) -> SupportStructure:
-        raise NotImplementedError  # overridden by every concrete structure
+        """A copy of this structure bound to ``shape``."""
 
     def _require_shape(self) -> torch.Size:
         if self._shape is None:
@@ -129,6 +131,7 @@ class SupportStructure(TorchDistribution):
         return logits
 
     # -- Module B ----------------------------------------------------------------------------
+    @abstractmethod
     def extrinsic(self, evidence_logits: Tensor) -> Tensor:
         """Module B: extrinsic prior log-odds ``logit(pi_n)`` given evidence ``L_n``.
 
@@ -138,7 +141,6 @@ class SupportStructure(TorchDistribution):
         :param torch.Tensor evidence_logits: Module A's log-odds, shape = the support shape.
         :returns: extrinsic log-odds of the same shape.
         """
-        raise NotImplementedError  # overridden by every concrete structure
 
     def marginals(self, evidence_logits: Tensor | None = None) -> Tensor:
         """Posterior ``P(s_n = 1 | evidence)`` (prior marginals when no evidence is given)."""
@@ -148,8 +150,9 @@ class SupportStructure(TorchDistribution):
         return torch.sigmoid(self.extrinsic(evidence_logits) + evidence_logits)
 
     # -- declaration -----------------------------------------------------------------------
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError  # overridden by every concrete structure
+        """The declaration of this structure (``{"type": ..., **fields}``)."""
 
     def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> Any:
         if tuple(batch_shape) == ():
@@ -335,9 +338,9 @@ class _PairwiseMRFSupport(SupportStructure):
             "gibbs_sweeps": self.gibbs_sweeps,
         }
 
+    @abstractmethod
     def _build(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Edge index (2, E), edge log-potentials (E, 2, 2), node bias (N,)."""
-        raise NotImplementedError  # overridden by every concrete MRF
 
     def _colouring(self, edge_index: Tensor, num_nodes: int) -> list[Tensor]:
         graph = nx.Graph()

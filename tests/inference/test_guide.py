@@ -31,10 +31,16 @@ def test_guide_summaries_match_the_posterior(fitted):
     assert_close(med["linear.support"], (fitted.support_probs > 0.5).double())
     q = guide.quantiles([0.05, 0.95])
     assert q["linear.weight"].shape == (2, 64)
-    assert (q["linear.weight"][0] < fitted.mean).all() and (fitted.mean < q["linear.weight"][1]).all()
+    assert (q["linear.weight"][0] < fitted.mean).all() and (
+        fitted.mean < q["linear.weight"][1]
+    ).all()
     assert (q["linear.precision"][0] < q["linear.precision"][1]).all()
     draws = guide.sample_posterior(4000)
-    assert_close(draws["linear.weight"].mean(0), fitted.mean, atol=4 * float(fitted.variance.sqrt().max()) / 60)
+    assert_close(
+        draws["linear.weight"].mean(0),
+        fitted.mean,
+        atol=4 * float(fitted.variance.sqrt().max()) / 60,
+    )
     with pytest.raises(ValueError, match="quantiles"):
         guide.quantiles([1.5])
 
@@ -47,7 +53,17 @@ def test_guide_errors():
     with pytest.raises(ValueError, match="set_posterior"):
         guide()
     one = torch.ones(2)
-    guide.set_posterior({"linear": dict(support_probs=one / 2, precision_shape=one, precision_rate=one, weight_loc=one, weight_scale=one)})
+    guide.set_posterior(
+        {
+            "linear": dict(
+                support_probs=one / 2,
+                precision_shape=one,
+                precision_rate=one,
+                weight_loc=one,
+                weight_scale=one,
+            )
+        }
+    )
     with pytest.raises(ValueError, match="other"):
         guide()
     with pytest.raises(ValueError, match="lacks"):

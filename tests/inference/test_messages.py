@@ -59,7 +59,9 @@ def test_gaussian_product_matches_numerical_density_product():
 
 def test_gaussian_cavity_damping_floor_power():
     prior = GaussianMessage.from_moments(torch.zeros(3), torch.ones(3))
-    site = GaussianMessage.from_moments(torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.5, 1.0, 2.0]))
+    site = GaussianMessage.from_moments(
+        torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.5, 1.0, 2.0])
+    )
     post = prior * site
     cavity = post / site
     assert_close(cavity.precision, prior.precision, atol=1e-12)

@@ -55,7 +55,9 @@ def test_resume_equals_uninterrupted_run():
 def test_history_and_hook():
     p = clustered_sparse_regression(64, 128, seed=3)
     seen = []
-    result = fit_sparse_regression(p.X, p.y, max_iters=5, tol=1e-12, hook_fn=lambda s: seen.append(s.iteration))
+    result = fit_sparse_regression(
+        p.X, p.y, max_iters=5, tol=1e-12, hook_fn=lambda s: seen.append(s.iteration)
+    )
     assert seen == [1, 2, 3, 4, 5]
     assert not result.converged
     for key in ("delta_pi", "delta_q", "support_size", "time_a", "time_b", "expected_log_lik"):
@@ -74,7 +76,9 @@ def test_bad_inputs():
         fit_sparse_regression(X, y, prior={"support": "chain"})
     with pytest.raises(ValueError, match="noise_precision"):
         fit_sparse_regression(X, y, noise_precision=-1.0)
-    prior = SparsePrior(IndependentSupport(0.1), layer_priors={"conv9": SparsePrior(IndependentSupport(0.2))})
+    prior = SparsePrior(
+        IndependentSupport(0.1), layer_priors={"conv9": SparsePrior(IndependentSupport(0.2))}
+    )
     with pytest.raises(ValueError, match="conv9"):
         fit_sparse_regression(X, y, prior)
     with pytest.raises(ValueError, match="damping"):

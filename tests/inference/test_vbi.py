@@ -50,7 +50,9 @@ def test_cavity_evidence_is_a_log_likelihood_ratio():
     r, h = torch.tensor([0.0, 0.5, 3.0]), torch.tensor([10.0, 100.0, 1.0])
     v1, v0 = 1.0, 1e-4
     normal = torch.distributions.Normal
-    expected = normal(0, (v1 + 1 / h).sqrt()).log_prob(r) - normal(0, (v0 + 1 / h).sqrt()).log_prob(r)
+    expected = normal(0, (v1 + 1 / h).sqrt()).log_prob(r) - normal(0, (v0 + 1 / h).sqrt()).log_prob(
+        r
+    )
     assert_close(cavity_evidence(r, h, v1, v0), expected, atol=1e-12)
 
 

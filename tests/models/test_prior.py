@@ -98,7 +98,9 @@ def test_marginal_precision_matches_enumeration(support):
     active, inactive = (1.0, 1.0), (20.0, 0.1)
     rho = dist.Gamma(2.0, 0.05).sample(support.event_shape)
     marginal = MarginalPrecision(support, active, inactive)
-    assert_close(marginal.log_prob(rho), _brute_force_marginal(support, active, inactive, rho), atol=1e-9)
+    assert_close(
+        marginal.log_prob(rho), _brute_force_marginal(support, active, inactive, rho), atol=1e-9
+    )
     assert marginal.sample((3,)).shape == (3,) + tuple(support.event_shape)
 
 

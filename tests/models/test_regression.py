@@ -26,7 +26,10 @@ def test_conditioning_on_support_controls_precision_law():
     prior = SparsePrior(IndependentSupport(0.5), active=(1.0, 1.0), inactive=(100.0, 1e-4))
     model = pyro.poutine.condition(sparse_regression_model, data={"linear.support": s})
     rho = torch.stack(
-        [pyro.poutine.trace(model).get_trace(X, prior=prior).nodes["linear.precision"]["value"] for _ in range(200)]
+        [
+            pyro.poutine.trace(model).get_trace(X, prior=prior).nodes["linear.precision"]["value"]
+            for _ in range(200)
+        ]
     )
     assert float(rho[:, :2].median()) < 10 < float(rho[:, 2:].median())
 

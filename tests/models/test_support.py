@@ -4,7 +4,12 @@ import networkx as nx
 import pytest
 import torch
 
-from pyro_dturbo.models import GraphMRFSupport, GridMRFSupport, IndependentSupport, MarkovChainSupport
+from pyro_dturbo.models import (
+    GraphMRFSupport,
+    GridMRFSupport,
+    IndependentSupport,
+    MarkovChainSupport,
+)
 from tests.common import assert_close
 
 
@@ -65,17 +70,27 @@ def test_grid_bp_close_to_enumeration_on_small_grid():
 
 
 def test_graph_mrf_exact_on_tree_and_log_prob_by_hand():
-    tree = nx.random_labeled_tree(7, seed=3) if hasattr(nx, "random_labeled_tree") else nx.random_tree(7, seed=3)
+    tree = (
+        nx.random_labeled_tree(7, seed=3)
+        if hasattr(nx, "random_labeled_tree")
+        else nx.random_tree(7, seed=3)
+    )
     support = GraphMRFSupport(tree, coupling=1.2, bias=-0.5, bp_iters=100, bp_tol=1e-12)
     evidence = torch.randn(7)
-    assert_close(support.extrinsic(evidence) + evidence, _brute_force_posterior_logits(support, evidence), atol=1e-7)
+    assert_close(
+        support.extrinsic(evidence) + evidence,
+        _brute_force_posterior_logits(support, evidence),
+        atol=1e-7,
+    )
     s = torch.tensor([1.0, 0, 0, 1, 1, 0, 1])
     agree = sum(1.0 for i, j in tree.edges if s[i] == s[j])
     assert_close(support.log_prob(s), torch.tensor(-0.5 * 4 + 1.2 * agree))
 
 
 def test_gibbs_sampling_matches_enumerated_marginals():
-    support = GraphMRFSupport(nx.cycle_graph(4), coupling=1.0, bias=[-1.0, 0.5, 0.0, -0.5], gibbs_sweeps=30)
+    support = GraphMRFSupport(
+        nx.cycle_graph(4), coupling=1.0, bias=[-1.0, 0.5, 0.0, -0.5], gibbs_sweeps=30
+    )
     configs = _configs((4,))
     p = torch.softmax(support.log_prob(configs), 0)
     exact = (p.unsqueeze(-1) * configs).sum(0)

@@ -322,6 +322,8 @@ def fit_sparse_regression(
     damping: float = 0.0,
     inner_iters: int = 1,
     demo_constants: bool = False,
+    precision_damping: float = 0.0,
+    weight_prior: str = "matched",
     progress_bar: bool = False,
     hook_fn: Callable[[TurboState], None] | None = None,
 ) -> SparseRegressionResult:
@@ -335,6 +337,9 @@ def fit_sparse_regression(
     :param float damping: weight of the previous support message.
     :param int inner_iters: Module-A passes per turbo iteration.
     :param bool demo_constants: the reference demo's precision update (``+1, E[w^2]``).
+    :param float precision_damping: damping of ``q(rho)`` inside Module A.
+    :param str weight_prior: ``"matched"`` (default) or ``"mean_field"``, see
+        :class:`~pyro_dturbo.inference.vbi.RegressionModuleA`.
     :returns: a :class:`SparseRegressionResult` (``.mean``, ``.variance``, ``.support_probs``,
         ``.noise_precision``, ``.history``, ``.converged``).
     :raises ValueError: on shape mismatches, NaN / Inf, or a bad prior.
@@ -364,6 +369,8 @@ def fit_sparse_regression(
             noise_prior=NOISE_PRIOR,
             inner_iters=inner_iters,
             demo_constants=demo_constants,
+            precision_damping=precision_damping,
+            weight_prior=weight_prior,
         )
         turbo = TurboVBI(module_a, prior, damping=damping, tol=tol, max_iters=max_iters)
         result = turbo.run(progress_bar=progress_bar, hook_fn=hook_fn, like=Xd)

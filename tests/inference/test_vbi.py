@@ -5,6 +5,7 @@ from pyro_dturbo.inference.vbi import (
     RegressionModuleA,
     cavity_evidence,
     gaussian_posterior,
+    matched_precision,
     site_from_marginal,
     update_precision,
 )
@@ -88,3 +89,33 @@ def test_module_a_message_is_extrinsic():
     params_rho["precision_rate"][7] *= 1e-3
     _, ev3, _ = module.update(params_rho, {"linear": logits})
     assert_close(ev3["linear"][7], ev1["linear"][7], rtol=1e-8)
+
+
+@pytest.mark.parametrize("weight_prior", ["matched", "mean_field"])
+def test_own_support_belief_does_not_enter_own_evidence(weight_prior):
+    X, y = torch.randn(20, 30), torch.randn(20)
+    prior = SparsePrior(MarkovChainSupport(0.1, 0.2), inactive=(100.0, 1e-4))
+    module = RegressionModuleA(X, y, prior, noise_precision=50.0, weight_prior=weight_prior)
+    params = module.init_params({"linear": torch.full((30,), 0.3)})
+    logits = {"linear": torch.randn(30)}
+    params, _, _ = module.update(params, logits)
+    _, ev1, _ = module.update(params, logits)
+    moved = dict(params)
+    moved["support_probs"] = params["support_probs"].clone()
+    moved["support_probs"][7] = 1 - moved["support_probs"][7]
+    moved["precision_rate"] = params["precision_rate"].clone()
+    moved["precision_rate"][7] *= 50.0
+    _, ev2, _ = module.update(moved, logits)
+    assert_close(ev2["linear"][7], ev1["linear"][7], rtol=1e-8)
+    assert not torch.allclose(ev2["linear"], ev1["linear"])  # the others do see w_7's prior
+
+
+def test_matched_precision_reproduces_spike_and_slab_mean():
+    q, h, r = torch.tensor([0.0, 0.3, 0.8, 1.0]), torch.tensor([50.0, 5.0, 200.0, 1.0]), 0.7
+    v1, v0 = 1.0, 1e-4
+    tau = matched_precision(q, h, v1, v0)
+    slab = h * r / (h + 1 / v1)
+    spike = h * r / (h + 1 / v0)
+    assert_close(h * r / (h + tau), q * slab + (1 - q) * spike, rtol=1e-9)
+    with pytest.raises(ValueError, match="weight_prior"):
+        RegressionModuleA(torch.randn(3, 4), torch.randn(3), SparsePrior.chain(), weight_prior="x")

@@ -90,7 +90,7 @@ class TurboGuide(PyroModule):
             self._sites = sites
         return self._sites
 
-    def _dist(self, site: str) -> dist.Distribution:
+    def _dist(self, site: str) -> Any:
         if site == "noise_precision":
             assert self._noise is not None
             return dist.Gamma(*self._noise)

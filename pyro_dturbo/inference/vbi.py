@@ -246,11 +246,11 @@ class RegressionModuleA:
         """``q(s = 1)`` per layer."""
         return {self.layer: params["support_probs"]}
 
-    def init_params(self, prior_probs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def init_params(self, prior_probs_by_layer: dict[str, Tensor]) -> dict[str, Tensor]:
         """Start on the inactive side: ``q(s) = pi``, ``E[rho]`` at its prior mean, and a
         learned noise precision at ``1 / var(y)`` (all of ``y`` counted as noise), so the
         first cavities are cautious and the strongest weights switch on first."""
-        prior_probs = prior_probs[self.layer]
+        prior_probs = prior_probs_by_layer[self.layer]
         (a, b), (abar, bbar) = self.prior.active, self.prior.inactive
         mean_precision = prior_probs * (a / b) + (1 - prior_probs) * (abar / bbar)
         y_var = self.y.var() if self.y.numel() > 1 else self.y.new_tensor(1.0)

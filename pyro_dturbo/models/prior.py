@@ -125,7 +125,7 @@ class SparsePrior:
 
             >>> independent = prior.replace(support=IndependentSupport(0.1))
         """
-        fields = {
+        fields: dict[str, Any] = {
             "support": self.support,
             "active": self.active,
             "inactive": self.inactive,
@@ -265,7 +265,9 @@ class MarginalPrecision(TorchDistribution):
         rate = torch.tensor([self.inactive[1], self.active[1]], **kw)  # type: ignore[arg-type]
         return concentration, rate
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(
+        self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()
+    ) -> Tensor:
         s = self.support_dist.sample(sample_shape)
         concentration = torch.where(s > 0.5, self.active[0], self.inactive[0])
         rate = torch.where(s > 0.5, self.active[1], self.inactive[1])

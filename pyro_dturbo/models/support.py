@@ -239,7 +239,9 @@ class MarkovChainSupport(SupportStructure):
         log_init, log_trans = self._log_params(value)
         return chain_log_prob(self._chains(value), log_init, log_trans).sum(-1)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(
+        self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()
+    ) -> Tensor:
         shape = self._require_shape()
         rows, cols = _matrix_shape(shape)
         chain_shape = (rows, cols) if self.along == "rows" else (cols, rows)
@@ -286,7 +288,9 @@ class IndependentSupport(SupportStructure):
         logp = value * math.log(self.p) + (1 - value) * math.log1p(-self.p)
         return logp.reshape(logp.shape[: logp.dim() - len(shape)] + (-1,)).sum(-1)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(
+        self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()
+    ) -> Tensor:
         shape = self._require_shape()
         probs = torch.full(tuple(sample_shape) + tuple(shape), self.p)
         return torch.bernoulli(probs)
@@ -393,7 +397,9 @@ class _PairwiseMRFSupport(SupportStructure):
         logits.index_add_(-1, edge_index[1], to_j)
         return logits
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(
+        self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()
+    ) -> Tensor:
         """Approximate samples by ``gibbs_sweeps`` colour-blocked Gibbs sweeps."""
         shape = self._require_shape()
         n = math.prod(shape)

@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/regression.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check pyro_dturbo tests benchmarks
+	$(PY) -m ruff check pyro_dturbo tests benchmarks notebooks
 	$(PY) -m mypy pyro_dturbo
 
 clean:

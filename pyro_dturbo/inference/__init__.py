@@ -18,6 +18,12 @@ _EXPORTS = {
     "SparseRegressionResult": "turbo",
     "fit_sparse_regression": "turbo",
     "TurboGuide": "guide",
+    "run_svi": "baselines",
+    "run_mcmc": "baselines",
+    "SVIResult": "baselines",
+    "MCMCResult": "baselines",
+    "to_arviz": "diagnostics",
+    "summary": "diagnostics",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -107,4 +107,6 @@ def sparse_regression_model(
         if not noise_precision > 0:
             raise ValueError(f"noise_precision must be positive, got {noise_precision}")
         beta = torch.tensor(float(noise_precision), dtype=X.dtype)
-    return pyro.sample("obs", dist.Normal(X @ w, beta.rsqrt()).to_event(1), obs=y)
+    # w @ X.T and a trailing dim on beta keep the model vectorisable over draws
+    # (Predictive(parallel=True), arviz.from_pyro's pointwise log-likelihoods).
+    return pyro.sample("obs", dist.Normal(w @ X.T, beta.rsqrt().unsqueeze(-1)).to_event(1), obs=y)

@@ -1,0 +1,527 @@
+"""Measured comparisons on clustered sparse regression: Turbo-VBI against its baselines.
+
+This module holds every line the regression benchmark (``benchmarks/regression.py``), the
+``dturbo demo`` command and the tutorial share: run the methods on generated problems
+(:func:`compare_regression`), score them against oracle least squares, summarise per method and
+number of observations (:func:`summarise`, :func:`smallest_successful_m`), plot the phase
+transition (:func:`plot_phase_transition`), compare with NUTS where NUTS can run
+(:func:`compare_with_nuts`) and write it all as JSON plus a PNG (:func:`save_comparison`).
+
+Methods (names used in the records):
+
+- ``"turbo-chain"``: Turbo-VBI with the Markov-chain support prior (the generating structure).
+- ``"turbo-grid"``: Turbo-VBI with a 2-D grid MRF prior; the ``N`` weights are laid out row-major
+  on the most nearly square grid :func:`grid_layout` finds (``16 x 32`` for ``N = 512``), so
+  horizontal edges follow the vector order (broken at row ends) and vertical edges tie weights
+  ``cols`` apart: a mis-specified but still clustered prior.
+- ``"turbo-independent"``: Turbo-VBI with i.i.d. supports of the chain's stationary activity
+  ``p01 / (p01 + p10)`` (Module B off: the unstructured ablation).
+- ``"svi"``: Pyro SVI (:func:`~pyro_dturbo.inference.baselines.run_svi`) on the chain model
+  with the support summed out.
+- ``"mcmc"``: Pyro NUTS (:func:`~pyro_dturbo.inference.baselines.run_mcmc`), small ``N`` only.
+- ``"oracle"``: least squares on the true support (the reference every method is scored
+  against; it always "succeeds").
+
+Every prior is :func:`~pyro_dturbo.models.default_regression_prior` with its support swapped
+(``prior.replace(support=...)``), so tuning of the Gamma laws flows into every method.
+
+References
+
+[1] A. Xia, I. W. Tsang, V. K. N. Lau, "Structured Bayesian Compression for Deep Neural Networks
+    Based on the Turbo-VBI Approach", IEEE TSP 2023 (arXiv:2302.10483), Sec. VI (simulations).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pyro_dturbo.data import (
+    RegressionProblem,
+    clustered_sparse_regression,
+    nmse_db,
+    oracle_least_squares,
+    support_f1,
+)
+from pyro_dturbo.inference.baselines import run_mcmc, run_svi
+from pyro_dturbo.inference.turbo import fit_sparse_regression
+from pyro_dturbo.models import (
+    GridMRFSupport,
+    IndependentSupport,
+    MarkovChainSupport,
+    SparsePrior,
+    default_regression_prior,
+)
+
+__all__ = [
+    "METHODS",
+    "TURBO_METHODS",
+    "SUCCESS_MARGIN_DB",
+    "grid_layout",
+    "regression_priors",
+    "compare_regression",
+    "summarise",
+    "smallest_successful_m",
+    "format_table",
+    "plot_phase_transition",
+    "compare_with_nuts",
+    "summarise_nuts",
+    "machine_info",
+    "save_comparison",
+]
+
+#: Every method :func:`compare_regression` knows.
+METHODS = ("turbo-chain", "turbo-grid", "turbo-independent", "svi", "mcmc", "oracle")
+#: The Turbo-VBI methods and the support structure each uses.
+TURBO_METHODS = ("turbo-chain", "turbo-grid", "turbo-independent")
+#: A run succeeds when its NMSE is at most this far above the oracle's (DESIGN section 8).
+SUCCESS_MARGIN_DB = 3.0
+
+_DEFAULT_METHODS = ("turbo-chain", "turbo-grid", "turbo-independent", "svi", "oracle")
+
+
+def grid_layout(num_weights: int) -> tuple[int, int]:
+    """The most nearly square ``(rows, cols)`` with ``rows * cols = num_weights``, ``rows <=
+    cols``: ``512 -> (16, 32)``, ``256 -> (16, 16)``, a prime ``p -> (1, p)``."""
+    if num_weights < 1:
+        raise ValueError(f"num_weights must be positive, got {num_weights}")
+    rows = max(r for r in range(1, math.isqrt(num_weights) + 1) if num_weights % r == 0)
+    return rows, num_weights // rows
+
+
+def regression_priors(
+    num_weights: int, p01: float = 0.01, p10: float = 0.1
+) -> dict[str, SparsePrior]:
+    """The prior each method uses, keyed by method name (``"svi"`` and ``"mcmc"`` use the chain).
+
+    All are :func:`~pyro_dturbo.models.default_regression_prior` with the support replaced by
+    a structure matching the generating chain's ``p01, p10``.
+
+    :param int num_weights: ``N`` (sets the grid layout, see :func:`grid_layout`).
+    :returns: ``{method: SparsePrior}``.
+    """
+    base = default_regression_prior()
+    chain = base.replace(support=MarkovChainSupport(p01, p10))
+    return {
+        "turbo-chain": chain,
+        "turbo-grid": base.replace(support=GridMRFSupport(p01, p10, grid=grid_layout(num_weights))),
+        "turbo-independent": base.replace(support=IndependentSupport(p01 / (p01 + p10))),
+        "svi": chain,
+        "mcmc": chain,
+    }
+
+
+def _fit(
+    method: str,
+    problem: RegressionProblem,
+    prior: SparsePrior | None,
+    oracle: Tensor,
+    *,
+    noise_precision: float | None,
+    seed: int,
+    max_iters: int,
+    svi_steps: int,
+    mcmc_samples: int,
+    mcmc_warmup: int,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Run one method; returns the weight estimate, the estimated support and extra fields."""
+    X, y = problem.X, problem.y
+    if method == "oracle":
+        return oracle, problem.support > 0.5, {"iterations": 0}
+    if method in TURBO_METHODS:
+        result = fit_sparse_regression(
+            X, y, prior, noise_precision=noise_precision, max_iters=max_iters, seed=seed
+        )
+        total = sum(r["time"] for r in result.history)
+        extra = {
+            "iterations": len(result.history),
+            "converged": bool(result.converged),
+            "time_b_fraction": sum(r["time_b"] for r in result.history) / total if total else 0.0,
+        }
+        return result.mean, result.support_probs > 0.5, extra
+    if method == "svi":
+        svi = run_svi(X, y, prior, noise_precision=noise_precision, num_steps=svi_steps, seed=seed)
+        return svi.mean, svi.support_probs > 0.5, {"iterations": svi_steps}
+    if method == "mcmc":
+        mcmc = run_mcmc(
+            X,
+            y,
+            prior,
+            noise_precision=noise_precision,
+            num_samples=mcmc_samples,
+            warmup_steps=mcmc_warmup,
+            seed=seed,
+        )
+        return mcmc.mean, mcmc.support_probs > 0.5, {"iterations": mcmc_samples + mcmc_warmup}
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def compare_regression(
+    num_obs_list: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    num_weights: int = 512,
+    p01: float = 0.01,
+    p10: float = 0.1,
+    snr_db: float = 30.0,
+    methods: Sequence[str] = _DEFAULT_METHODS,
+    known_noise: bool = False,
+    svi_steps: int = 2000,
+    mcmc_samples: int = 500,
+    mcmc_warmup: int = 500,
+    max_iters: int = 200,
+    priors: Mapping[str, SparsePrior] | None = None,
+    progress_bar: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every method on clustered sparse regression problems, one per ``(M, seed)``.
+
+    Each problem is :func:`~pyro_dturbo.data.clustered_sparse_regression` ``(M, N, seed=seed)``;
+    every method sees the same ``X, y`` and is scored against oracle least squares on it.
+
+    :param num_obs_list: the numbers of observations ``M`` to try.
+    :param seeds: problem seeds (each method is also given the seed).
+    :param int num_weights: ``N``. :param float p01, p10, snr_db: the generating process.
+    :param methods: names from :data:`METHODS`.
+    :param bool known_noise: give every method the true noise precision (default: learned).
+    :param int svi_steps: SVI gradient steps. :param int mcmc_samples, mcmc_warmup: NUTS.
+    :param int max_iters: Turbo-VBI iteration budget.
+    :param priors: per-method priors (default :func:`regression_priors`).
+    :param bool progress_bar: a tqdm bar over the runs.
+    :returns: one record per ``(method, M, seed)`` with ``method, num_obs, num_weights, seed,
+        nmse_db, oracle_nmse_db, success, support_f1, time_s, iterations``; Turbo-VBI records
+        add ``converged`` and ``time_b_fraction`` (share of the iteration time in Module B).
+    :raises ValueError: on an unknown method.
+
+    Example::
+
+        >>> records = compare_regression([96, 128], seeds=range(3), methods=["turbo-chain",
+        ...                              "turbo-independent", "oracle"])
+        >>> print(format_table(summarise(records)))
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    all_priors = regression_priors(num_weights, p01, p10)
+    all_priors.update(priors or {})
+    num_obs_list, seeds = [int(m) for m in num_obs_list], [int(s) for s in seeds]
+    records: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=len(num_obs_list) * len(seeds) * len(methods),
+        disable=not progress_bar,
+        desc="regression",
+    )
+    for num_obs in num_obs_list:
+        for seed in seeds:
+            problem = clustered_sparse_regression(
+                num_obs, num_weights, p01=p01, p10=p10, snr_db=snr_db, seed=seed
+            )
+            # solved once per problem: the oracle record equals its own reference exactly
+            oracle = oracle_least_squares(problem.X, problem.y, problem.support)
+            oracle_nmse = nmse_db(oracle, problem.weight)
+            for method in methods:
+                bar.set_postfix(method=method, M=num_obs, seed=seed)
+                start = time.perf_counter()
+                estimate, support, extra = _fit(
+                    method,
+                    problem,
+                    all_priors.get(method),
+                    oracle,
+                    noise_precision=problem.noise_precision if known_noise else None,
+                    seed=seed,
+                    max_iters=max_iters,
+                    svi_steps=svi_steps,
+                    mcmc_samples=mcmc_samples,
+                    mcmc_warmup=mcmc_warmup,
+                )
+                elapsed = time.perf_counter() - start
+                nmse = nmse_db(estimate, problem.weight)
+                records.append(
+                    {
+                        "method": method,
+                        "num_obs": num_obs,
+                        "num_weights": num_weights,
+                        "seed": seed,
+                        "nmse_db": nmse,
+                        "oracle_nmse_db": oracle_nmse,
+                        # NaN compares False: a diverged run fails
+                        "success": bool(nmse <= oracle_nmse + SUCCESS_MARGIN_DB),
+                        "support_f1": support_f1(support, problem.support),
+                        "support_size": int(support.sum()),
+                        "true_support_size": int(problem.support.sum()),
+                        "time_s": elapsed,
+                        **extra,
+                    }
+                )
+                bar.update()
+    bar.close()
+    return records
+
+
+def _median(values: Iterable[Any]) -> float | None:
+    clean = [float(v) for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def summarise(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per ``(method, M)``: runs, success rate and medians of NMSE, oracle NMSE, F1 and time.
+
+    Methods keep their first-seen order; ``M`` ascends within a method.
+
+    :returns: one dict per group with ``method, num_obs, runs, success_rate, median_nmse_db,
+        median_oracle_nmse_db, median_support_f1, median_time_s, median_iterations`` and
+        ``median_time_b_fraction`` (``None`` for methods without a Module B).
+    """
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], int(r["num_obs"])), []).append(r)
+    order = list(dict.fromkeys(r["method"] for r in records))
+    summary = []
+    for method, num_obs in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
+        rs = groups[(method, num_obs)]
+        summary.append(
+            {
+                "method": method,
+                "num_obs": num_obs,
+                "runs": len(rs),
+                "success_rate": sum(bool(r["success"]) for r in rs) / len(rs),
+                "median_nmse_db": _median(r["nmse_db"] for r in rs),
+                "median_oracle_nmse_db": _median(r["oracle_nmse_db"] for r in rs),
+                "median_support_f1": _median(r["support_f1"] for r in rs),
+                "median_time_s": _median(r["time_s"] for r in rs),
+                "median_iterations": _median(r.get("iterations") for r in rs),
+                "median_time_b_fraction": _median(r.get("time_b_fraction") for r in rs),
+            }
+        )
+    return summary
+
+
+def _success_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
+    rates: dict[str, dict[int, float]] = {}
+    for row in summarise(records):
+        rates.setdefault(row["method"], {})[row["num_obs"]] = row["success_rate"]
+    return rates
+
+
+def smallest_successful_m(
+    records: Sequence[Mapping[str, Any]], rate: float = 0.9
+) -> dict[str, int | None]:
+    """Per method, the smallest ``M`` from which on every tested ``M`` succeeds at ``rate``.
+
+    A lucky success below a failing ``M`` does not count: with success rates ``{64: 0.9,
+    80: 0.5, 96: 1.0}`` the answer is 96. ``None`` when the largest tested ``M`` falls short.
+
+    :param float rate: the success rate required (0.9: nine runs in ten).
+    :returns: ``{method: M or None}``.
+    """
+    out: dict[str, int | None] = {}
+    for method, by_m in _success_rates(records).items():
+        best: int | None = None
+        for num_obs in sorted(by_m, reverse=True):
+            if by_m[num_obs] < rate:
+                break
+            best = num_obs
+        out[method] = best
+    return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`summarise`'s rows (readable as plain text too)."""
+    header = "| method | M | runs | success | NMSE dB | oracle dB | F1 | time s | iters | B share |"
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for r in summary:
+        lines.append(
+            f"| {r['method']} | {r['num_obs']} | {r['runs']} | {r['success_rate']:.0%} "
+            f"| {_fmt(r['median_nmse_db'], '.1f')} | {_fmt(r['median_oracle_nmse_db'], '.1f')} "
+            f"| {_fmt(r['median_support_f1'], '.2f')} | {_fmt(r['median_time_s'], '.3f')} "
+            f"| {_fmt(r['median_iterations'], '.0f')} "
+            f"| {_fmt(r['median_time_b_fraction'], '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_phase_transition(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Two panels against ``M``: success rate and median NMSE per method, saved as PNG.
+
+    Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas, so it neither needs
+    a display nor changes pyplot's backend (safe inside notebooks).
+
+    :param str path: the PNG file to write (parent folders are created).
+    :returns: the path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summary = summarise(records)
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_rate, ax_nmse = fig.subplots(1, 2)
+    for method in methods:
+        rows = [r for r in summary if r["method"] == method]
+        ms = [r["num_obs"] for r in rows]
+        style = {"linestyle": "--", "color": "k"} if method == "oracle" else {}
+        ax_rate.plot(ms, [r["success_rate"] for r in rows], marker="o", label=method, **style)
+        ax_nmse.plot(ms, [r["median_nmse_db"] for r in rows], marker="o", label=method, **style)
+    num_weights = sorted({int(r["num_weights"]) for r in records if "num_weights" in r})
+    ax_rate.set(
+        xlabel="observations M",
+        ylabel=f"success rate (NMSE <= oracle + {SUCCESS_MARGIN_DB:g} dB)",
+        ylim=(-0.05, 1.05),
+        title=f"Phase transition, N = {', '.join(map(str, num_weights))}",
+    )
+    ax_nmse.set(xlabel="observations M", ylabel="median NMSE (dB)", title="Estimation error")
+    for ax in (ax_rate, ax_nmse):
+        ax.grid(alpha=0.3)
+    ax_rate.legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def compare_with_nuts(
+    seeds: Sequence[int],
+    *,
+    num_weights: int = 32,
+    num_obs: int = 24,
+    p01: float = 0.05,
+    p10: float = 0.2,
+    snr_db: float = 30.0,
+    num_samples: int = 500,
+    warmup_steps: int = 500,
+    max_tree_depth: int = 8,
+    max_iters: int = 200,
+    progress_bar: bool = True,
+) -> list[dict[str, Any]]:
+    """Turbo-VBI against NUTS on small problems, both with the chain prior and the true noise
+    precision: how far apart the support marginals are and how much faster Turbo-VBI is.
+
+    The defaults (``p01 = 0.05, p10 = 0.2``: about 20% active in runs of 5) keep a few active
+    weights in a 32-weight vector; with the ``N = 512`` setting's ``p01 = 0.01`` most such
+    short vectors would have no active weight at all.
+
+    :returns: one record per seed: ``seed, num_weights, num_obs, max_abs_diff`` and
+        ``mean_abs_diff`` (of ``q(s = 1)`` against NUTS's support marginals),
+        ``weight_max_abs_diff`` (posterior means), ``turbo_time_s, nuts_time_s`` and
+        ``speedup`` (``nuts_time_s / turbo_time_s``).
+    """
+    prior = regression_priors(num_weights, p01, p10)["turbo-chain"]
+    records = []
+    for seed in tqdm(list(seeds), disable=not progress_bar, desc="turbo vs NUTS"):
+        seed = int(seed)
+        problem = clustered_sparse_regression(
+            num_obs, num_weights, p01=p01, p10=p10, snr_db=snr_db, seed=seed
+        )
+        beta = problem.noise_precision
+        start = time.perf_counter()
+        turbo = fit_sparse_regression(
+            problem.X, problem.y, prior, noise_precision=beta, max_iters=max_iters, seed=seed
+        )
+        turbo_time = time.perf_counter() - start
+        start = time.perf_counter()
+        nuts = run_mcmc(
+            problem.X,
+            problem.y,
+            prior,
+            noise_precision=beta,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            max_tree_depth=max_tree_depth,
+            seed=seed,
+        )
+        nuts_time = time.perf_counter() - start
+        diff = (turbo.support_probs - nuts.support_probs.to(turbo.support_probs)).abs()
+        records.append(
+            {
+                "seed": seed,
+                "num_weights": num_weights,
+                "num_obs": num_obs,
+                "true_support_size": int(problem.support.sum()),
+                "max_abs_diff": float(diff.max()),
+                "mean_abs_diff": float(diff.mean()),
+                "weight_max_abs_diff": float((turbo.mean - nuts.mean.to(turbo.mean)).abs().max()),
+                "turbo_time_s": turbo_time,
+                "nuts_time_s": nuts_time,
+                "speedup": nuts_time / turbo_time,
+            }
+        )
+    return records
+
+
+def summarise_nuts(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Worst-case marginal gap and median speed-up over :func:`compare_with_nuts` records."""
+    if not records:
+        return {"runs": 0}
+    return {
+        "runs": len(records),
+        "max_abs_diff": max(r["max_abs_diff"] for r in records),
+        "median_max_abs_diff": _median(r["max_abs_diff"] for r in records),
+        "median_speedup": _median(r["speedup"] for r in records),
+        "min_speedup": min(r["speedup"] for r in records),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when numbers were measured: versions, threads, CPUs, date (UTC)."""
+    import pyro
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "pyro": pyro.__version__,
+    }
+
+
+def save_comparison(
+    records: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    name: str = "regression",
+    *,
+    config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    rate: float = 0.9,
+) -> dict[str, Path]:
+    """Write ``{name}.json`` (config, machine, summary, smallest successful ``M``, records and
+    ``extra``) and ``{name}.png`` (:func:`plot_phase_transition`) into ``out_dir``.
+
+    :returns: ``{"json": path, "png": path}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "config": dict(config or {}),
+        "machine": machine_info(),
+        "success_margin_db": SUCCESS_MARGIN_DB,
+        "summary": summarise(records),
+        "smallest_successful_m": {
+            "rate": rate,
+            "by_method": smallest_successful_m(records, rate),
+        },
+        **dict(extra or {}),
+        "records": [dict(r) for r in records],
+    }
+    json_path = out_dir / f"{name}.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    png_path = plot_phase_transition(records, out_dir / f"{name}.png")
+    return {"json": json_path, "png": png_path}

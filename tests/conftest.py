@@ -3,13 +3,18 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _seeded_float64():
-    """Every test: float64, a fixed seed, Pyro validation on, a clean param store."""
+@pytest.fixture(autouse=True, scope="session")
+def _float64_with_validation():
+    """The whole suite runs in float64 with Pyro's argument validation on."""
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    pyro.set_rng_seed(0)
     pyro.enable_validation(True)
-    pyro.clear_param_store()
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same seed and an empty param store."""
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()

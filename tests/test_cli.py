@@ -24,15 +24,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def float64_and_seed():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_demo_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seed", "6", *TINY]) == 0

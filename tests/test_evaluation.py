@@ -36,15 +36,6 @@ FIELDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def float64_and_seed():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_records():
     old = torch.get_default_dtype()

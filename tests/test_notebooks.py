@@ -5,18 +5,8 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-import torch
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-
-
-@pytest.fixture(autouse=True)
-def float64_and_seed():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
 
 
 def test_notebooks_exist():

@@ -29,19 +29,6 @@ from pyro_dturbo.models import (
 ACTIVE, INACTIVE = (1.0, 1.0), (1.0, 1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    pyro.set_rng_seed(0)
-
-
 def chain_prior(p01=0.1, p10=0.3, along="rows"):
     return SparsePrior(MarkovChainSupport(p01, p10, along=along), active=ACTIVE, inactive=INACTIVE)
 

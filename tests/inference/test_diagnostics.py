@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pyro
 import pytest
 import torch
 
@@ -15,19 +14,6 @@ from pyro_dturbo.models import MarkovChainSupport, SparsePrior
 
 N, M = 8, 16
 WEIGHT_VARS = ("linear.weight", "linear.precision", "linear.support")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    pyro.set_rng_seed(0)
 
 
 @pytest.fixture(scope="module")

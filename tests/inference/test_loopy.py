@@ -17,15 +17,6 @@ from pyro_dturbo.inference.loopy import (
 )
 
 
-@pytest.fixture(autouse=True)
-def float64_and_seed():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
-
-
 def brute_force_log_odds(unary, edge_index, edge_log_potential, node_bias=None):
     """Exact marginal log-odds of a pairwise binary MRF by enumerating all 2^N states."""
     n = unary.shape[0]

@@ -4,8 +4,9 @@ A support row ``s = (s_0, ..., s_{L-1})``, ``s_t in {0, 1}``, is a two-state Mar
 ``P(s_t = 1 | s_{t-1} = 0) = p01`` and ``P(s_t = 0 | s_{t-1} = 1) = p10``, started at its
 stationary law ``lambda = p01 / (p01 + p10)``. Evidence about each ``s_t`` enters as a factor
 ``exp(L_t * s_t)`` (log-odds ``L_t``). Every function is plain tensor maths, batched over all
-leading dimensions (all rows of all layers at once), log domain, and has no Python loop over
-positions: :func:`forward_backward` runs two parallel associative scans of depth ``O(log L)``.
+leading dimensions (all rows of all layers at once), takes and returns log-domain quantities,
+and has no Python loop over positions: :func:`forward_backward` runs one parallel associative
+scan (forward and backward messages together) of depth ``O(log L)``.
 
 References
 
@@ -21,8 +22,6 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -35,10 +34,6 @@ __all__ = [
     "forward_backward",
     "sample_chain",
 ]
-
-# A 2x2 matrix in the log semiring, stored as its four entries (00, 01, 10, 11), each a tensor
-# of shape ``batch + (L,)``: four contiguous planes keep every operation elementwise.
-_LogMat = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _as_tensor(x: Tensor | float, like: Tensor | None = None) -> Tensor:
@@ -135,64 +130,120 @@ def chain_log_prob(value: Tensor, log_init: Tensor, log_trans: Tensor) -> Tensor
     return first + torch.where(prev, from1, from0).sum(-1)
 
 
-def _log_matmul(a: _LogMat, b: _LogMat) -> _LogMat:
-    """``a @ b`` in the log semiring, renormalised so the largest entry is 0.
+# Chains with at most this many positions (chains x length, both directions) are scanned by
+# doubling; longer ones by the work-efficient odd-even recursion, which switches to doubling once
+# its halved sub-problems are this small. Set by timing both paths on a 2-core CPU (float32 and
+# float64, 10^3 to 10^5 positions, one or many chains); the two agree to rounding.
+_DOUBLING_MAX_POSITIONS = 4096
 
-    Matrices are only ever needed up to scale (the posterior is a ratio), and renormalising
-    keeps every entry within a bounded distance of 0, so float32 keeps full relative precision
-    whatever the chain length.
+
+def _log(x: Tensor) -> Tensor:
+    """``log(x)``. ``torch.log`` hands float arrays to MKL's vector maths on CPU builds, which
+    may start its own threads from about a thousand elements on: on a busy machine with few
+    cores such a call can wait a whole scheduler tick (milliseconds) for a core, many times what
+    Module B takes on a short chain. ``xlogy`` computes the same values without that path."""
+    return torch.special.xlogy(1.0, x)
+
+
+def _combine(a: Tensor, b: Tensor) -> Tensor:
+    """Products ``a @ b`` of 2x2 nonnegative matrices, rescaled so the largest entry is 1.
+
+    Matrices are stored entry-major, ``x[i, j, chain, t]`` (one plane per entry, positions
+    last), so each op here is one vectorised elementwise op over all chains and positions.
+    Matrices are only ever needed up to scale (the posterior is a ratio), and rescaling keeps
+    every product in range whatever the chain length. The scale is detached: the output does
+    not depend on it, and the in-place rescaling then keeps the graph valid for autograd.
     """
-    a00, a01, a10, a11 = a
-    b00, b01, b10, b11 = b
-    c00 = torch.logaddexp(a00 + b00, a01 + b10)
-    c01 = torch.logaddexp(a00 + b01, a01 + b11)
-    c10 = torch.logaddexp(a10 + b00, a11 + b10)
-    c11 = torch.logaddexp(a10 + b01, a11 + b11)
-    m = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
-    return c00 - m, c01 - m, c10 - m, c11 - m
+    c = a[:, :1] * b[:1]  # c[i, j] = a[i, 0] b[0, j] + a[i, 1] b[1, j]
+    c.addcmul_(a[:, 1:], b[1:])
+    return c.div_(c.detach().amax((0, 1)))
 
 
-def _log_matmul_reversed(a: _LogMat, b: _LogMat) -> _LogMat:
-    return _log_matmul(b, a)
+def _scan_doubling(x: Tensor) -> Tensor:
+    """Inclusive scan ``out[t] = x[0] @ ... @ x[t]`` of ``x[i, j, chain, t]`` along ``t``, for a
+    first matrix ``x[0]`` with two equal rows (so every prefix product has two equal rows).
 
-
-def _associative_scan(combine: Callable[[_LogMat, _LogMat], _LogMat], elems: _LogMat) -> _LogMat:
-    """Inclusive scan ``out[t] = elems[0] * ... * elems[t]`` along the last dim.
-
-    Work-efficient odd-even recursion [2]: combine neighbouring pairs, scan the half-length
-    sequence, then fill in the even positions. ``O(L)`` combines in ``O(log L)`` Python steps.
+    Hillis-Steele doubling: step ``k`` multiplies every matrix by the one ``2^k`` places to its
+    left, ``ceil(log2 L)`` steps in all. ``O(L log L)`` work but the fewest tensor ops: the
+    fastest choice when per-op overhead dominates (short chains). Positions with nothing
+    ``2^k`` places to their left hold finished prefix products, which a matrix of ones in front
+    only doubles (their rows are equal), so the shifted copy reads from a padding of ones; without
+    autograd it lives in two preallocated buffers, so no step needs a ``torch.cat``.
     """
-    n = elems[0].shape[-1]
+    n = x.shape[-1]
     if n < 2:
-        return elems
-    reduced = combine(
-        tuple(e[..., 0:-1:2] for e in elems),  # type: ignore[arg-type]
-        tuple(e[..., 1::2] for e in elems),  # type: ignore[arg-type]
-    )
-    odd = _associative_scan(combine, reduced)
-    rest: _LogMat = tuple(e[..., 2::2] for e in elems)  # type: ignore[assignment]
-    if n % 2 == 0:
-        even = combine(tuple(o[..., :-1] for o in odd), rest)  # type: ignore[arg-type]
-    else:
-        even = combine(odd, rest)
-    out = []
-    for e, ev, od in zip(elems, even, odd, strict=True):
-        r = torch.empty(ev.shape[:-1] + (n,), dtype=ev.dtype, device=ev.device)
-        r[..., 0] = e[..., 0]
-        r[..., 2::2] = ev
-        r[..., 1::2] = od
-        out.append(r)
-    return tuple(out)  # type: ignore[return-value]
+        return x
+    pad = 1 << ((n - 1).bit_length() - 1)  # the largest shift
+    if torch.is_grad_enabled() and x.requires_grad:  # out of place, for autograd
+        ones = x.new_ones(x.shape[:-1] + (pad,))
+        shift = 1
+        while shift < n:
+            x = _combine(torch.cat([ones[..., :shift], x[..., : n - shift]], -1), x)
+            shift *= 2
+        return x
+    # per buffer: its two columns a[:, 0], a[:, 1] (padded), rows b[0], b[1] and whole b
+    views = []
+    for buf in x.new_ones((2,) + x.shape[:-1] + (pad + n,)).unbind(0):
+        b = buf.narrow(-1, pad, n)
+        views.append((buf[:, :1], buf[:, 1:], b[:1], b[1:], b))
+    views[0][4].copy_(x)
+    shift, k = 1, 0
+    while shift < n:
+        a0, a1, b0, b1, _ = views[k]
+        c = views[1 - k][4]
+        torch.mul(a0.narrow(-1, pad - shift, n), b0, out=c)
+        c.addcmul_(a1.narrow(-1, pad - shift, n), b1)
+        c.div_(c.amax((0, 1)))
+        shift, k = shift * 2, 1 - k
+    return views[k][4]
+
+
+def _scan_odds(x: Tensor, doubling_max: int) -> Tensor:
+    """Row odds ``P_t[0, 1] / P_t[0, 0]`` of the prefix products ``P_t = x[0] @ ... @ x[t]``,
+    shape ``(chain, L)``, for 2x2 matrices ``x[i, j, chain, t]`` whose first one has two equal
+    rows (so each ``P_t`` has two equal rows, the message at ``t``).
+
+    Work-efficient odd-even recursion [2]: combine neighbouring pairs, recurse on the
+    half-length sequence (the odd positions), then fill in each even position ``t`` from the
+    odds ``r`` at ``t - 1`` as ``(x01 + r x11) / (x00 + r x10)``: the down sweep carries one
+    ratio per position instead of a matrix. ``O(L)`` work in ``O(log L)`` Python steps; once a
+    sub-problem has at most ``doubling_max`` positions it is finished by
+    :func:`_scan_doubling`.
+    """
+    n = x.shape[-1]
+    if n < 2 or n * x.shape[-2] <= doubling_max:
+        prefix = _scan_doubling(x)
+        return prefix[0, 1] / prefix[0, 0]
+    odd = _scan_odds(_combine(x[..., 0:-1:2], x[..., 1::2]), doubling_max)
+    r = odd[..., : (n - 1) // 2]
+    e = x[..., 2::2]
+    out = torch.empty(x.shape[-2:], dtype=x.dtype, device=x.device)
+    out[..., :1] = x[0, 1, :, :1] / x[0, 0, :, :1]
+    out[..., 1::2] = odd
+    out[..., 2::2] = torch.addcmul(e[0, 1], r, e[1, 1]) / torch.addcmul(e[0, 0], r, e[1, 0])
+    return out
 
 
 def forward_backward(unary_logits: Tensor, log_init: Tensor, log_trans: Tensor) -> Tensor:
     """Posterior log-odds of every ``s_t`` of binary Markov chains given all their evidence.
 
-    The joint is ``p(s | L) ∝ init[s_0] prod_t T[s_{t-1}, s_t] prod_t exp(L_t s_t)``. Forward
-    messages are the row of a prefix product of the 2x2 matrices
-    ``M_t[i, j] = T[i, j] exp(L_t j)`` and backward messages the row sums of a suffix product
-    [1, 3]; both products run as work-efficient parallel scans in the log semiring [2], so the
-    number of Python steps is ``O(log L)`` and all chains of all layers run at once.
+    The joint is ``p(s | L) ∝ init[s_0] prod_t T[s_{t-1}, s_t] prod_t exp(L_t s_t)``, so the
+    posterior log-odds are ``L_t`` plus the log-odds of the forward message
+    ``a_t = a_{t-1} D_{t-1} T`` (``a_0 = init``, ``D_t = diag(1, exp(L_t))``) plus those of the
+    backward message ``b_t = T D_{t+1} b_{t+1}`` (``b_{L-1} = 1``) [1]. Both recursions are
+    products of 2x2 matrices [3], computed together as ONE parallel scan [2] over a batch that
+    stacks the forward sequence ``D_{t-1} T`` (with ``init`` folded into ``D_0``) and the
+    reversed, transposed backward sequence ``D_{t+1} T^T``; the number of tensor ops is
+    ``O(log L)`` and all chains of all layers run at once.
+
+    Numerics: the inputs and the output are log-odds, but the scan multiplies rescaled
+    probabilities: each evidence factor enters as ``(sigmoid(-L_t), sigmoid(L_t))`` and every
+    product is rescaled to largest entry 1 (only ratios matter), so nothing overflows however
+    long the chain or large ``|L_t|``. The messages exclude ``L_t`` itself, so the two entries
+    read out at each position differ by at most a factor set by ``T`` (never by the evidence)
+    and their log-ratio is accurate; entries that underflow to zero are ones whose contribution
+    is below the working precision. Transition probabilities must be positive (as for a chain
+    support, ``0 < p01, p10 < 1``).
 
     :param torch.Tensor unary_logits: evidence log-odds ``L_t`` of shape ``batch + (L,)``.
     :param torch.Tensor log_init: initial log probabilities, broadcastable to ``batch + (2,)``
@@ -219,48 +270,53 @@ def forward_backward(unary_logits: Tensor, log_init: Tensor, log_trans: Tensor) 
             f"and {tuple(log_trans.shape)}"
         )
     length = unary_logits.shape[-1]
-    batch = torch.broadcast_shapes(
-        unary_logits.shape[:-1], log_init.shape[:-1], log_trans.shape[:-2]
-    )
-    dtype = torch.promote_types(
-        unary_logits.dtype, torch.promote_types(log_init.dtype, log_trans.dtype)
-    )
-    unary = unary_logits.to(dtype).expand(batch + (length,))
+    dtype = unary_logits.dtype
+    if not (dtype == log_init.dtype == log_trans.dtype):
+        dtype = torch.promote_types(dtype, torch.promote_types(log_init.dtype, log_trans.dtype))
+        unary_logits = unary_logits.to(dtype)
+        log_init, log_trans = log_init.to(dtype), log_trans.to(dtype)
+    if log_init.dim() == 1 and log_trans.dim() == 2:  # shared parameters: the common case
+        batch = unary_logits.shape[:-1]
+    else:
+        batch = torch.broadcast_shapes(
+            unary_logits.shape[:-1], log_init.shape[:-1], log_trans.shape[:-2]
+        )
+        unary_logits = unary_logits.expand(batch + (length,))
+        log_init = log_init.expand(batch + (2,))
+        log_trans = log_trans.expand(batch + (2, 2))
     if length == 0:
-        return unary.clone()
-    log_init = log_init.to(dtype)
-    log_trans = log_trans.to(dtype)
-
-    def plane(x: Tensor, n: int) -> Tensor:
-        return x.unsqueeze(-1).expand(batch + (n,))
-
-    # M_0 folds in the initial law (both rows equal: the row of any prefix product is alpha_t);
-    # M_t = T diag(exp(L_t)) for t >= 1.
-    i0, i1 = plane(log_init[..., 0], 1), plane(log_init[..., 1], 1) + unary[..., :1]
+        return unary_logits.clone()
+    unary = unary_logits.reshape(-1, length)  # (chain, L)
+    chains = unary.shape[0]
+    prior_odds = torch.diff(log_init).reshape(-1, 1)  # log init[1] - log init[0]: (chain or 1, 1)
+    if length == 1:
+        return (unary + prior_odds).reshape(batch + (1,))
     n = length - 1
-    u = unary[..., 1:]
-    t00, t10 = plane(log_trans[..., 0, 0], n), plane(log_trans[..., 1, 0], n)
-    t01, t11 = plane(log_trans[..., 0, 1], n) + u, plane(log_trans[..., 1, 1], n) + u
-    elems: _LogMat = (
-        torch.cat([i0, t00], -1),
-        torch.cat([i1, t01], -1),
-        torch.cat([i0, t10], -1),
-        torch.cat([i1, t11], -1),
-    )
 
-    prefix = _associative_scan(_log_matmul, elems)
-    forward_odds = prefix[1] - prefix[0]  # log alpha_t(1) - log alpha_t(0)
-    if n == 0:
-        return forward_odds
+    # T_d[i, j] for direction d (0 forward: T, 1 backward: T^T), rescaled (softmax: any common
+    # scale will do), entry-major (i, j, d, chain or 1, 1)
+    trans = torch.stack([log_trans, log_trans.mT], -1).reshape(-1, 8)  # (chain or 1, i j d)
+    trans = torch.softmax(trans, -1).mT.reshape(2, 2, 2, -1, 1)
+    # Element s = 0..L-2 of direction d is diag(w) T_d, w the evidence weights of position s
+    # (forward; the initial law folded into s = 0) or L-1-s (backward):
+    # w = (sigmoid(-logit), sigmoid(logit)) ∝ (1, exp(logit)).
+    logits = torch.stack([unary[:, :-1], unary.flip(-1)[:, :-1]])  # (d, chain, n)
+    logits[0, :, :1].add_(prior_odds)
+    weights = torch.sigmoid(torch.stack([-logits, logits]))  # (i, d, chain, n)
+    elems = trans * weights[:, None]  # (i, j, d, chain, n)
+    # both rows of the first element become the message after it (its column sums): then
+    # every prefix product has two equal rows, each the message itself
+    elems[..., 0] = elems[..., 0].sum(0)
+    odds = _scan_odds(elems.reshape(2, 2, 2 * chains, n), _DOUBLING_MAX_POSITIONS)
 
-    # Suffix products S_t = M_t ... M_{L-1} (t >= 1), scanned on the reversed sequence; then
-    # beta_{t-1}(i) = logsumexp_j S_t[i, j] and beta_{L-1} = 0.
-    rev: _LogMat = (t00.flip(-1), t01.flip(-1), t10.flip(-1), t11.flip(-1))
-    suffix = _associative_scan(_log_matmul_reversed, rev)
-    s00, s01, s10, s11 = (x.flip(-1) for x in suffix)
-    backward_odds = torch.logaddexp(s10, s11) - torch.logaddexp(s00, s01)
-    backward_odds = torch.cat([backward_odds, torch.zeros_like(backward_odds[..., :1])], -1)
-    return forward_odds + backward_odds
+    # odds of the messages: forward at positions 1..L-1, backward at L-2..0 (flipped to 0..L-2);
+    # multiply them (each lies in [1/rho, rho], rho set by T) and take one log per position
+    fwd, bwd = odds.reshape(2, chains, n).unbind(0)
+    bwd = bwd.flip(-1)
+    odds = torch.cat([bwd[:, :1], fwd[:, :-1] * bwd[:, 1:], fwd[:, -1:]], -1)
+    post = unary + _log(odds)
+    post[:, :1].add_(prior_odds)
+    return post.reshape(batch + (length,))
 
 
 def chain_extrinsic(unary_logits: Tensor, log_init: Tensor, log_trans: Tensor) -> Tensor:

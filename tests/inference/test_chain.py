@@ -14,15 +14,6 @@ from pyro_dturbo.inference.chain import (
 )
 
 
-@pytest.fixture(autouse=True)
-def float64_and_seed():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
-
-
 def all_configurations(length: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=length)))
 
@@ -207,3 +198,93 @@ def test_sample_chain_exact_law_on_short_chains():
     # Pearson's chi-square with 7 degrees of freedom; 24.32 is its 0.999 quantile
     chi2 = ((counts - n * probs) ** 2 / (n * probs)).sum()
     assert chi2 < 24.32
+
+
+# forward_backward picks its scan by size: doubling (Hillis-Steele) for small problems, the
+# work-efficient odd-even recursion (finished by doubling) for large ones. Force each in turn.
+SCAN_PATHS = {"doubling": 10**12, "odd_even": 0}
+
+
+@pytest.fixture(params=sorted(SCAN_PATHS))
+def scan_path(request, monkeypatch):
+    import pyro_dturbo.inference.chain as chain_module
+
+    monkeypatch.setattr(chain_module, "_DOUBLING_MAX_POSITIONS", SCAN_PATHS[request.param])
+    return request.param
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 8])
+def test_both_scan_paths_match_brute_force(scan_path, length, requires_grad):
+    batch = 5
+    p01, p10 = random_params(batch)  # one chain law per row
+    log_init, log_trans = chain_log_init(p01, p10), chain_log_transition(p01, p10)
+    unary = (3.0 * torch.randn(batch, length)).requires_grad_(requires_grad)
+    actual = forward_backward(unary, log_init, log_trans)
+    expected = brute_force_log_odds(unary.detach(), log_init, log_trans)
+    torch.testing.assert_close(actual.detach(), expected, atol=1e-10, rtol=1e-10)
+
+
+def _both_paths(monkeypatch, *args):
+    import pyro_dturbo.inference.chain as chain_module
+
+    out = {}
+    for name, limit in SCAN_PATHS.items():
+        monkeypatch.setattr(chain_module, "_DOUBLING_MAX_POSITIONS", limit)
+        out[name] = forward_backward(*args)
+    return out["doubling"], out["odd_even"]
+
+
+@pytest.mark.parametrize("length", [2, 3, 31, 64, 777])
+def test_scan_paths_agree_on_long_chains(monkeypatch, length):
+    # batch (2, 3), per-chain transitions, shared initial law, both dtypes
+    p01, p10 = random_params(6)
+    log_trans = chain_log_transition(p01, p10).reshape(2, 3, 2, 2)
+    log_init = chain_log_init(0.2, 0.3)
+    unary = 4.0 * torch.randn(2, 3, length)
+    doubling, odd_even = _both_paths(monkeypatch, unary, log_init, log_trans)
+    assert doubling.shape == odd_even.shape == (2, 3, length)
+    torch.testing.assert_close(doubling, odd_even, atol=1e-10, rtol=1e-10)
+    doubling32, odd_even32 = _both_paths(
+        monkeypatch, unary.float(), log_init.float(), log_trans.float()
+    )
+    torch.testing.assert_close(doubling32, odd_even32, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(odd_even32.double(), odd_even, atol=1e-4, rtol=1e-5)
+
+
+def test_scan_paths_agree_on_gradients(monkeypatch):
+    import pyro_dturbo.inference.chain as chain_module
+
+    unary = torch.randn(3, 40)
+    grads, values = [], []
+    for limit in SCAN_PATHS.values():
+        monkeypatch.setattr(chain_module, "_DOUBLING_MAX_POSITIONS", limit)
+        p01 = torch.tensor(0.1, requires_grad=True)
+        u = unary.clone().requires_grad_()
+        out = forward_backward(u, chain_log_init(p01, 0.3), chain_log_transition(p01, 0.3))
+        grads.append(torch.autograd.grad(out.pow(2).sum(), (u, p01)))
+        with torch.no_grad():  # the in-place fast path gives the same values
+            plain = forward_backward(u, chain_log_init(p01, 0.3), chain_log_transition(p01, 0.3))
+        torch.testing.assert_close(plain, out.detach(), atol=1e-12, rtol=1e-12)
+        values.append(plain)
+    torch.testing.assert_close(values[0], values[1], atol=1e-10, rtol=1e-10)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("p01,p10", [(1e-6, 1e-6), (0.01, 0.1), (0.999, 0.2), (1e-6, 1 - 1e-6)])
+def test_float32_extreme_evidence_and_rare_transitions(scan_path, p01, p10):
+    # |L| up to 1e4 (far beyond exp's float32 range) next to weak evidence and silent stretches
+    length = 3000
+    unary = torch.randn(4, length) * torch.tensor([1.0, 10.0, 200.0, 1e4])[:, None]
+    unary[:, 1000:1500] = 0.0
+    unary[2, ::7] = -unary[2, ::7].abs()
+    log_init = chain_log_init(torch.tensor(p01, dtype=torch.float32), p10)
+    log_trans = chain_log_transition(torch.tensor(p01, dtype=torch.float32), p10)
+    actual = forward_backward(unary.float(), log_init, log_trans)
+    # the float64 reference sees the same (float32-rounded) chain law
+    expected = forward_backward(unary, log_init.double(), log_trans.double())
+    assert actual.dtype == torch.float32 and torch.isfinite(actual).all()
+    torch.testing.assert_close(actual.double().sigmoid(), expected.sigmoid(), atol=1e-5, rtol=0)
+    moderate = expected.abs() < 30
+    torch.testing.assert_close(actual.double()[moderate], expected[moderate], atol=1e-3, rtol=1e-4)

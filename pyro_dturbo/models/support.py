@@ -204,6 +204,7 @@ class MarkovChainSupport(SupportStructure):
         if along not in ("rows", "cols"):
             raise ValueError(f"MarkovChainSupport.along must be 'rows' or 'cols', got {along!r}")
         self.along = along
+        self._param_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         super().__init__(shape, validate_args)
 
     def _rebind(self, shape: torch.Size) -> MarkovChainSupport:
@@ -228,9 +229,13 @@ class MarkovChainSupport(SupportStructure):
         return x.reshape(x.shape[:-2] + shape)
 
     def _log_params(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        p01 = torch.tensor(self.p01, dtype=like.dtype, device=like.device)
-        p10 = torch.tensor(self.p10, dtype=like.dtype, device=like.device)
-        return chain_log_init(p01, p10), chain_log_transition(p01, p10)
+        # Module B calls this every turbo iteration: build the tensors once per dtype/device.
+        key = (like.dtype, like.device)
+        if key not in self._param_cache:
+            p01 = torch.tensor(self.p01, dtype=like.dtype, device=like.device)
+            p10 = torch.tensor(self.p10, dtype=like.dtype, device=like.device)
+            self._param_cache[key] = (chain_log_init(p01, p10), chain_log_transition(p01, p10))
+        return self._param_cache[key]
 
     def log_prob(self, value: Tensor) -> Tensor:
         value = self._check_value(value)

@@ -138,13 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     nuts_records: list[dict[str, Any]] = []
     if not args.no_nuts:
-        nuts_config = {
-            "num_weights": args.nuts_weights,
-            "num_obs": args.nuts_obs,
-            "num_samples": args.nuts_samples,
-            "warmup_steps": args.nuts_warmup,
-            "max_tree_depth": args.nuts_tree_depth,
-        }
+        nuts_config = _nuts_config(args)
         nuts_records = compare_with_nuts(
             range(args.nuts_seeds), **nuts_config, progress_bar=not args.no_progress_bar
         )
@@ -174,15 +168,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {"records": records, "nuts": nuts_records, "paths": paths}
 
 
-def run_nuts_only(args: argparse.Namespace) -> dict[str, Any]:
-    """The Turbo-VBI vs NUTS comparison alone, written to ``regression_nuts.json``."""
-    nuts_config = {
+def _nuts_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "num_weights": args.nuts_weights,
         "num_obs": args.nuts_obs,
         "num_samples": args.nuts_samples,
         "warmup_steps": args.nuts_warmup,
         "max_tree_depth": args.nuts_tree_depth,
     }
+
+
+def run_nuts_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The Turbo-VBI vs NUTS comparison alone, written to ``regression_nuts.json``."""
+    nuts_config = _nuts_config(args)
     records = compare_with_nuts(
         range(args.nuts_seeds), **nuts_config, progress_bar=not args.no_progress_bar
     )
@@ -194,7 +192,7 @@ def run_nuts_only(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "regression_nuts.json"
+    path = args.out / ("regression_nuts_smoke.json" if args.smoke else "regression_nuts.json")
     path.write_text(json.dumps(out, indent=2))
     print(
         f"Turbo-VBI vs NUTS (N={args.nuts_weights}, M={args.nuts_obs}, {summary['runs']} seeds): "

@@ -23,8 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The commands behind the README's figures.
 bench: $(STAMP)
-	$(PY) benchmarks/regression.py
+	$(PY) benchmarks/regression.py --svi-steps 1000 --threads 1
+	$(PY) benchmarks/regression.py --only-nuts --nuts-obs 40 --threads 1
+	$(PY) benchmarks/message_passing.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check pyro_dturbo tests benchmarks notebooks

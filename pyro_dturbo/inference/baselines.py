@@ -60,7 +60,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_dturbo.inference.chain import chain_log_init, chain_log_transition
-from pyro_dturbo.models.prior import SparsePrior
+from pyro_dturbo.models.prior import SparsePrior, require_summable_support
 from pyro_dturbo.models.regression import (
     LAYER,
     NOISE_PRIOR,
@@ -240,11 +240,7 @@ class MarginalWeight(TorchDistribution):
         inactive: tuple[float, float],
         validate_args: bool | None = None,
     ):
-        if not isinstance(support, MarkovChainSupport | IndependentSupport):
-            raise ValueError(
-                f"the support of {type(support).__name__} cannot be summed out exactly; use a "
-                "MarkovChainSupport or IndependentSupport"
-            )
+        require_summable_support(support)
         if len(support.event_shape) != 1:
             raise ValueError(
                 "MarginalWeight is for weight vectors, got support shape "

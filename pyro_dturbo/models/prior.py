@@ -33,7 +33,16 @@ from pyro_dturbo.models.support import (
     support_from_dict,
 )
 
-__all__ = ["SparsePrior", "MarginalPrecision"]
+__all__ = ["SparsePrior", "MarginalPrecision", "require_summable_support"]
+
+
+def require_summable_support(support: SupportStructure) -> None:
+    """Raise ``ValueError`` unless ``support`` can be summed out exactly (chain, independent)."""
+    if not isinstance(support, MarkovChainSupport | IndependentSupport):
+        raise ValueError(
+            f"the support of {type(support).__name__} cannot be summed out exactly; use a "
+            "MarkovChainSupport or IndependentSupport for the SVI / NUTS baselines"
+        )
 
 
 def _gamma_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
@@ -250,11 +259,7 @@ class MarginalPrecision(TorchDistribution):
         inactive: tuple[float, float],
         validate_args: bool | None = None,
     ):
-        if not isinstance(support, MarkovChainSupport | IndependentSupport):
-            raise ValueError(
-                f"the support of {type(support).__name__} cannot be summed out exactly; use a "
-                "MarkovChainSupport or IndependentSupport for the SVI / NUTS baselines"
-            )
+        require_summable_support(support)
         self.support_dist = support
         self.active, self.inactive = active, inactive
         super().__init__(torch.Size(), support.event_shape, validate_args=False)

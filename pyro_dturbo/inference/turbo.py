@@ -231,9 +231,14 @@ class TurboVBI:
         for _ in bar:
             state = self.step(state)
             record = state.history[-1]
-            bar.set_postfix(
-                delta_pi=f"{record['delta_pi']:.2e}", support=int(record["support_size"])
-            )
+            postfix = {"delta_pi": f"{record['delta_pi']:.2e}"}
+            # networks report their training metrics; regression its support size
+            for key in ("loss", "accuracy", "test_accuracy", "density"):
+                if key in record:
+                    postfix[key] = f"{record[key]:.4g}"
+            if "density" not in record:
+                postfix["support"] = str(int(record["support_size"]))
+            bar.set_postfix(postfix)
             if hook_fn is not None:
                 hook_fn(state)
             if state.converged:

@@ -1,5 +1,13 @@
 """What is believed: the hierarchical sparse prior, its support structures and the models."""
 
+from pyro_dturbo.models.layers import (
+    SparseBayesConv2d,
+    SparseBayesLayer,
+    SparseBayesLinear,
+    network_model,
+    sparse_layers,
+    to_sparse_bayes,
+)
 from pyro_dturbo.models.prior import MarginalPrecision, SparsePrior
 from pyro_dturbo.models.regression import default_regression_prior, sparse_regression_model
 from pyro_dturbo.models.support import (
@@ -22,4 +30,10 @@ __all__ = [
     "support_from_dict",
     "sparse_regression_model",
     "default_regression_prior",
+    "SparseBayesLayer",
+    "SparseBayesLinear",
+    "SparseBayesConv2d",
+    "to_sparse_bayes",
+    "sparse_layers",
+    "network_model",
 ]

@@ -55,6 +55,7 @@ from pyro_dturbo.models.layers import (
 )
 
 __all__ = [
+    "DEFAULT_THRESHOLDS",
     "prune",
     "magnitude_masks",
     "apply_masks",

@@ -106,6 +106,9 @@ class NetworkModuleA:
         demo: prior variance 1, so the weights learn before the prior prunes them).
     :param int warmup_iters: iterations of w-steps before the first closed-form step.
     :param bool demo_constants: the reference demo's ``+1, E[w^2]`` precision update.
+    :param float scale_lr: learning-rate multiplier for ``log sigma``: the variances must
+        settle within a few epochs, because the cavity evidence reads the data precision off
+        them (``1/sigma^2 - E[rho]``).
     :param int seed: seeds data order and the reparameterisation noise.
     """
 
@@ -382,7 +385,8 @@ def fit_network(
 
         >>> net = to_sparse_bayes(MLP(64, (128, 128), 10))
         >>> result = fit_network(net, x, y, SparsePrior.chain(0.05, 0.2), epochs=30)
-        >>> compact = export_compact(prune(net))
+        >>> prune(net)
+        >>> compact = export_compact(net, input_shape=(64,))
     """
     prior = prior if prior is not None else default_network_prior()
     if epochs < 1:

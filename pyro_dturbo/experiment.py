@@ -1,0 +1,333 @@
+"""One compression experiment, end to end: data, dense network, Turbo-VBI, pruning, report.
+
+:func:`run_compression` is what ``dturbo compress``, ``benchmarks/compress.py`` and the
+tutorial call. It trains the dense network first (the reference and the initialisation), then
+Turbo-VBI from its weights, prunes at ``q(s) > 0.5``, exports the compact model and reports.
+The baselines of the benchmark live here too, each as one function of the same inputs:
+magnitude pruning of the dense network to a given density (with the same fine-tuning epochs)
+and mean-field SVI (Pyro ``AutoNormal``) under a Gaussian prior, pruned by ``|mu|``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyro_dturbo.compression import (
+    apply_masks,
+    compression_report,
+    magnitude_masks,
+    plot_support,
+    prune,
+)
+from pyro_dturbo.data import ClassificationData, load_dataset
+from pyro_dturbo.inference.network import evaluate_accuracy, fit_network
+from pyro_dturbo.models.layers import network_model, sparse_layers, to_sparse_bayes
+from pyro_dturbo.models.prior import SparsePrior
+from pyro_dturbo.models.support import IndependentSupport
+from pyro_dturbo.models.zoo import ZOO, build_model
+
+__all__ = [
+    "CompressConfig",
+    "network_prior",
+    "train_dense",
+    "run_compression",
+    "magnitude_baseline",
+    "svi_baseline",
+]
+
+FLAT_MODELS = ("mlp", "lenet300100")
+
+
+def network_prior(kind: str = "chain", **overrides: Any) -> SparsePrior:
+    """The benchmark's network priors by name: ``"chain"`` (rows, ``p01 = 0.05``,
+    ``p10 = 0.2``), ``"independent"`` (``p = 0.2``, the chain's stationary density), or
+    ``"grid"`` (the reference demo's row-and-column MRF); active ``Gamma(1, 1)``, inactive
+    ``Gamma(1, 1e-4)``.
+    """
+    from pyro_dturbo.models.support import GridMRFSupport, MarkovChainSupport
+
+    gammas: dict[str, Any] = {"active": (1.0, 1.0), "inactive": (1.0, 1e-4)}
+    gammas.update(overrides)
+    supports = {
+        "chain": lambda: MarkovChainSupport(0.05, 0.2),
+        "independent": lambda: IndependentSupport(0.2),
+        "grid": lambda: GridMRFSupport(0.05, 0.2, bp_iters=20),
+    }
+    if kind not in supports:
+        raise ValueError(f"unknown prior {kind!r}; choose one of {sorted(supports)} or a YAML file")
+    return SparsePrior(supports[kind](), **gammas)
+
+
+@dataclass
+class CompressConfig:
+    """Settings of one compression run (defaults: the digits MLP of the README).
+
+    ``kl_weight = 1`` is the plain ELBO; the last ``finetune_epochs`` of the ``epochs`` train
+    ``q(w)`` under the frozen support (see :func:`~pyro_dturbo.inference.network.fit_network`).
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (256, 256)
+    prior: str | SparsePrior = "chain"
+    epochs: int = 80
+    finetune_epochs: int = 30
+    warmup_epochs: int = 3
+    dense_epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    dense_lr: float = 3e-3
+    kl_weight: float = 1.0
+    seed: int = 0
+    data_root: str | None = None
+    download: bool = False
+    device: str = "cpu"
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_prior(self) -> SparsePrior:
+        if isinstance(self.prior, SparsePrior):
+            return self.prior
+        if self.prior.endswith((".yaml", ".yml")):
+            return SparsePrior.from_yaml(Path(self.prior))
+        return network_prior(self.prior)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["prior"] = self.resolved_prior().to_dict()
+        return out
+
+
+def _load(config: CompressConfig) -> ClassificationData:
+    if config.model not in ZOO:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(ZOO)}")
+    data = load_dataset(
+        config.dataset,
+        data_root=config.data_root,
+        download=config.download,
+        seed=config.seed,
+        flatten=config.model in FLAT_MODELS,
+        **config.dataset_kwargs,
+    )
+    return data.to(config.device)
+
+
+def _build(config: CompressConfig, data: ClassificationData) -> nn.Module:
+    kwargs: dict[str, Any] = {"hidden": tuple(config.hidden)} if config.model == "mlp" else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = build_model(
+            config.model, input_shape=data.input_shape, num_classes=data.num_classes, **kwargs
+        )
+    return net.to(config.device)
+
+
+def train_dense(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    masks: dict[str, Tensor] | None = None,
+) -> list[float]:
+    """Minibatch Adam on the cross-entropy (the dense SGD reference); returns epoch times.
+
+    With ``masks`` (layer name -> bool) the masked weights stay zero (fine-tuning a pruned net).
+    """
+    opt = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
+    gen = torch.Generator().manual_seed(seed)
+    modules = dict(net.named_modules())
+    times = []
+    net.train()
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(len(y), generator=gen).to(x.device)
+        for i in range(0, len(y), batch_size):
+            idx = perm[i : i + batch_size]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if masks:
+                with torch.no_grad():
+                    for name, mask in masks.items():
+                        modules[name].weight.mul_(mask)  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+    net.eval()
+    return times
+
+
+def run_compression(
+    config: CompressConfig,
+    out: str | Path | None = None,
+    *,
+    progress_bar: bool = False,
+) -> dict[str, Any]:
+    """Dense training, Turbo-VBI, pruning and the report; writes ``report.json`` and
+    ``support.png`` into ``out`` if given.
+
+    :returns: the report (see :func:`~pyro_dturbo.compression.compression_report`) with
+        ``accuracy_dense``, ``accuracy_compressed``, ``density``, ``flops_dense``,
+        ``flops_compressed``, ``neurons_kept``, ``bytes_dense``, ``bytes_compressed``, timings
+        (``epoch_time_dense``, ``epoch_time_turbo`` and their ratio) and the config.
+    """
+    prior = config.resolved_prior()
+    data = _load(config)
+    dense = _build(config, data)
+    dense_times = train_dense(
+        dense,
+        data.x_train,
+        data.y_train,
+        epochs=config.dense_epochs,
+        batch_size=config.batch_size,
+        lr=config.dense_lr,
+        seed=config.seed,
+    )
+    bayes = to_sparse_bayes(dense, prior)
+    start = time.perf_counter()
+    result = fit_network(
+        bayes,
+        data.x_train,
+        data.y_train,
+        prior,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        kl_weight=config.kl_weight,
+        warmup_epochs=config.warmup_epochs,
+        finetune_epochs=config.finetune_epochs,
+        seed=config.seed,
+        progress_bar=progress_bar,
+        eval_data=(data.x_test, data.y_test),
+    )
+    turbo_time = time.perf_counter() - start
+    prune(bayes)
+    report = compression_report(
+        bayes, data.input_shape, x_test=data.x_test, y_test=data.y_test, dense_net=dense
+    )
+    turbo_epoch = sum(r["time"] for r in result.history) / config.epochs
+    dense_epoch = sum(dense_times) / len(dense_times)
+    report.update(
+        dataset=config.dataset,
+        model=config.model,
+        epoch_time_dense=dense_epoch,
+        epoch_time_turbo=turbo_epoch,
+        epoch_time_ratio=turbo_epoch / dense_epoch,
+        wall_time_turbo=turbo_time,
+        history=result.history,
+        config=config.to_dict(),
+    )
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+        plot_support(bayes, out / "support.png")
+        report["files"] = [str(out / "report.json"), str(out / "support.png")]
+    report["_net"] = bayes
+    report["_dense"] = dense
+    report["_data"] = data
+    return report
+
+
+def magnitude_baseline(
+    dense: nn.Module,
+    data: ClassificationData,
+    density: float,
+    *,
+    finetune_epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Global magnitude pruning of the dense network to ``density``, then fine-tuning with the
+    masks fixed for ``finetune_epochs`` (the Turbo run's fine-tuning budget)."""
+    masks = magnitude_masks(dense, density)
+    pruned = apply_masks(dense, masks)
+    before = evaluate_accuracy(pruned, data.x_test, data.y_test)
+    train_dense(
+        pruned,
+        data.x_train,
+        data.y_train,
+        epochs=finetune_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        masks=masks,
+    )
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return {
+        "method": "magnitude",
+        "density": kept / total,
+        "accuracy_before_finetune": before,
+        "accuracy": evaluate_accuracy(pruned, data.x_test, data.y_test),
+    }
+
+
+def svi_baseline(
+    dense: nn.Module,
+    data: ClassificationData,
+    density: float,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_scale: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean-field SVI (Pyro ``AutoNormal``) on the same network under a ``N(0, weight_scale^2)``
+    prior, started at the dense weights; pruned by ``|mu|`` to ``density``."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal, init_to_value
+
+    net = to_sparse_bayes(dense)
+    init = {f"{name}.weight": layer.weight_loc.detach() for name, layer in sparse_layers(net)}
+    num_data = len(data.y_train)
+
+    def model(x: Tensor, y: Tensor) -> Tensor:
+        return network_model(net, x, y, None, num_data=num_data, weight_scale=weight_scale)
+
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values=init), init_scale=1e-3)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            perm = torch.randperm(num_data, generator=gen).to(data.x_train.device)
+            for i in range(0, num_data, batch_size):
+                idx = perm[i : i + batch_size]
+                svi.step(data.x_train[idx], data.y_train[idx])
+    elapsed = time.perf_counter() - start
+    medians = guide.median()
+    with torch.no_grad():
+        for name, layer in sparse_layers(net):
+            layer.weight_loc.copy_(medians[f"{name}.weight"])
+    accuracy_dense = evaluate_accuracy(net, data.x_test, data.y_test)
+    magnitudes = torch.cat(
+        [layer.weight_loc.detach().abs().flatten() for _, layer in sparse_layers(net)]
+    )
+    keep = max(1, math.ceil(density * magnitudes.numel()))
+    threshold = float(magnitudes.topk(keep).values[-1])
+    prune(net, rule="magnitude", threshold=threshold * (1 - 1e-12))
+    kept = sum(int(layer.mask.sum()) for _, layer in sparse_layers(net) if layer.mask is not None)
+    return {
+        "method": "svi",
+        "density": kept / magnitudes.numel(),
+        "accuracy_unpruned": accuracy_dense,
+        "accuracy": evaluate_accuracy(net, data.x_test, data.y_test),
+        "epoch_time": elapsed / epochs,
+    }

@@ -3,6 +3,7 @@
 Subcommands::
 
     dturbo demo [--out results/demo] [--seed 0]     # Turbo-VBI vs SVI vs oracle, < 2 minutes
+    dturbo compress --dataset digits --model mlp --prior chain --epochs 80 --seed 0 --out DIR
 
 also runnable as ``python -m pyro_dturbo.cli demo``. Every subcommand writes JSON and a plot
 into its ``--out`` folder and prints where.
@@ -90,6 +91,56 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from pyro_dturbo.experiment import CompressConfig, run_compression
+
+    if args.finetune_epochs >= args.epochs:
+        print(
+            f"dturbo compress: --finetune-epochs ({args.finetune_epochs}) must be below "
+            f"--epochs ({args.epochs})",
+            file=sys.stderr,
+        )
+        return 2
+    config = CompressConfig(
+        dataset=args.dataset,
+        model=args.model,
+        prior=args.prior,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        dense_epochs=args.dense_epochs,
+        kl_weight=args.kl_weight,
+        seed=args.seed,
+        data_root=None if args.data_root is None else str(args.data_root),
+        download=args.download,
+        device=args.device,
+    )
+    if args.hidden:
+        config.hidden = tuple(args.hidden)
+    print(
+        f"dturbo compress: {args.model} on {args.dataset}, prior {args.prior}, "
+        f"{args.epochs} epochs (last {args.finetune_epochs} fine-tuning), seed {args.seed}"
+    )
+    try:
+        report = run_compression(config, args.out, progress_bar=not args.no_progress_bar)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"dturbo compress: {error}", file=sys.stderr)
+        return 2
+    kept = ", ".join(f"{k} {v}" for k, v in report["neurons_kept"].items())
+    print(
+        f"accuracy dense {report['accuracy_dense']:.4f} -> compressed "
+        f"{report['accuracy_compressed']:.4f}; density {report['density']:.4f} "
+        f"({100 * report['fraction_pruned']:.1f}% pruned, "
+        f"{100 * report['fraction_in_whole_units']:.0f}% of it in whole rows/columns)"
+    )
+    print(
+        f"FLOPs {report['flops_dense']} -> {report['flops_compressed']} "
+        f"({100 * report['flops_compressed'] / report['flops_dense']:.1f}%); units kept: {kept}"
+    )
+    print(f"bytes {report['bytes_dense']} -> {report['bytes_compressed']}")
+    print(f"wrote {' and '.join(report['files'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dturbo`` argument parser (one subparser per subcommand)."""
     parser = argparse.ArgumentParser(
@@ -122,6 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--svi-steps", type=_positive_int, default=DEMO_SVI_STEPS, help=hidden)
     demo.set_defaults(func=_demo)
+
+    from pyro_dturbo.data import DATASETS
+    from pyro_dturbo.models.zoo import ZOO
+
+    compress = sub.add_parser(
+        "compress",
+        help="train a network with Turbo-VBI, prune it and export a compact model",
+        description=(
+            "Trains the dense network, then Turbo-VBI from its weights, prunes at q(s) > 0.5 and "
+            "exports the compact model. Writes report.json and support.png into --out."
+        ),
+    )
+    compress.add_argument("--dataset", choices=DATASETS, default="digits")
+    compress.add_argument("--model", choices=sorted(ZOO), default="mlp")
+    compress.add_argument(
+        "--prior",
+        default="chain",
+        help="chain, independent, grid, or a YAML file written by SparsePrior.to_yaml",
+    )
+    compress.add_argument("--epochs", type=_positive_int, default=80, help="Turbo-VBI epochs")
+    compress.add_argument(
+        "--finetune-epochs", type=int, default=30, help="last epochs under the frozen support"
+    )
+    compress.add_argument("--dense-epochs", type=_positive_int, default=30)
+    compress.add_argument("--kl-weight", type=float, default=1.0)
+    compress.add_argument("--hidden", type=_positive_int, nargs="+", help="MLP hidden widths")
+    compress.add_argument("--seed", type=int, default=0)
+    compress.add_argument("--data-root", type=Path, help="folder with MNIST / CIFAR files")
+    compress.add_argument("--download", action="store_true", help="download missing files")
+    compress.add_argument("--device", default="cpu", help="cpu or cuda")
+    compress.add_argument("--out", type=Path, default=Path("results/compress_run"))
+    compress.add_argument("--no-progress-bar", action="store_true")
+    compress.set_defaults(func=_compress)
     return parser
 
 

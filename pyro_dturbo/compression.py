@@ -743,7 +743,7 @@ def weight_bytes(mask: Tensor, bits: int = 32) -> dict[str, int]:
     - ``"coo"``: each kept value with its int32 flat index, ``nnz * (v + 4)``;
     - ``"rle"``: run-length cluster coding, an int32 run count, then each run as int32
       ``(start, length)``, then the kept values: ``4 + 8 * R + nnz * v``;
-    - ``"best"``: ``min(coo, rle)``.
+    - ``"best"``: ``min(dense, coo, rle)``: a sender ships whichever is smallest.
 
     Clustered supports (the Turbo-VBI prior's aim) have few runs, so ``rle`` wins there.
 
@@ -770,7 +770,12 @@ def weight_bytes(mask: Tensor, bits: int = 32) -> dict[str, int]:
     runs = int(run_length_encode(flat).shape[0])
     coo = nnz * (value + _INDEX_BYTES)
     rle = _HEADER_BYTES + 2 * _INDEX_BYTES * runs + nnz * value
-    return {"dense": flat.numel() * value, "coo": coo, "rle": rle, "best": min(coo, rle)}
+    return {
+        "dense": flat.numel() * value,
+        "coo": coo,
+        "rle": rle,
+        "best": min(flat.numel() * value, coo, rle),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def _build(config: CompressConfig, data: ClassificationData) -> nn.Module:
         net = build_model(
             config.model, input_shape=data.input_shape, num_classes=data.num_classes, **kwargs
         )
-    return net.to(config.device)
+    return net.to(device=config.device, dtype=data.x_train.dtype)  # follow the data
 
 
 def train_dense(
@@ -291,6 +291,7 @@ def svi_baseline(
     prior, started at the dense weights; pruned by ``|mu|`` to ``density``."""
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoNormal, init_to_value
+    from pyro.optim import Adam as PyroAdam  # type: ignore[attr-defined]
 
     net = to_sparse_bayes(dense)
     init = {f"{name}.weight": layer.weight_loc.detach() for name, layer in sparse_layers(net)}
@@ -301,7 +302,7 @@ def svi_baseline(
 
     pyro.clear_param_store()
     guide = AutoNormal(model, init_loc_fn=init_to_value(values=init), init_scale=1e-3)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    svi = SVI(model, guide, PyroAdam({"lr": lr}), Trace_ELBO())
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):

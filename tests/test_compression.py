@@ -233,7 +233,7 @@ def test_macs_hand_counted():
 def test_weight_bytes_hand_counted():
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.bool)
     assert weight_bytes(mask) == {"dense": 32, "coo": 24, "rle": 4 + 2 * 8 + 3 * 4, "best": 24}
-    assert weight_bytes(mask, bits=16) == {"dense": 16, "coo": 18, "rle": 26, "best": 18}
+    assert weight_bytes(mask, bits=16) == {"dense": 16, "coo": 18, "rle": 26, "best": 16}
     clustered = torch.zeros(4, 8, dtype=torch.bool)
     clustered[1:3] = True  # one run of 16
     assert weight_bytes(clustered) == {"dense": 128, "coo": 128, "rle": 76, "best": 76}

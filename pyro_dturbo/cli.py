@@ -109,6 +109,7 @@ def _compress(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         dense_epochs=args.dense_epochs,
         kl_weight=args.kl_weight,
+        weight_prior=args.weight_prior,
         seed=args.seed,
         data_root=None if args.data_root is None else str(args.data_root),
         download=args.download,
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument("--dense-epochs", type=_positive_int, default=30)
     compress.add_argument("--kl-weight", type=float, default=1.0)
+    compress.add_argument(
+        "--weight-prior",
+        choices=("log_mixture", "mean_field"),
+        default="log_mixture",
+        help="prior precision of the w-steps (see NetworkModuleA)",
+    )
     compress.add_argument("--hidden", type=_positive_int, nargs="+", help="MLP hidden widths")
     compress.add_argument("--seed", type=int, default=0)
     compress.add_argument("--data-root", type=Path, help="folder with MNIST / CIFAR files")

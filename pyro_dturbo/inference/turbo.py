@@ -28,7 +28,7 @@ from pyro_dturbo.models.regression import (
     default_regression_prior,
     sparse_regression_model,
 )
-from pyro_dturbo.models.support import SupportStructure
+from pyro_dturbo.models.support import SupportStructure, batched_extrinsic
 
 __all__ = [
     "ModuleA",
@@ -174,8 +174,13 @@ class TurboVBI:
         t1 = time.perf_counter()
         new_logits: dict[str, Tensor] = {}
         delta_pi = delta_q = 0.0
-        for name, support in self.supports.items():
-            message = BernoulliMessage(support.extrinsic(evidence[name])).clip()
+        names = list(self.supports)
+        # all layers at once: chains of every layer go through one forward-backward scan
+        extrinsic = batched_extrinsic(
+            [self.supports[n] for n in names], [evidence[n] for n in names]
+        )
+        for name, ext in zip(names, extrinsic, strict=True):
+            message = BernoulliMessage(ext).clip()
             old = BernoulliMessage(state.prior_logits[name])
             message = message.damp(old, self.damping)
             new_logits[name] = message.logits

@@ -27,6 +27,7 @@ from typing import Any
 
 import networkx as nx
 import torch
+import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
@@ -46,6 +47,7 @@ __all__ = [
     "GraphMRFSupport",
     "IndependentSupport",
     "support_from_dict",
+    "batched_extrinsic",
 ]
 
 
@@ -619,3 +621,53 @@ def support_from_dict(spec: dict[str, Any]) -> SupportStructure:
         return _KINDS[kind](**spec)
     except TypeError as e:
         raise ValueError(f"support ({kind}): {e}") from e
+
+
+def batched_extrinsic(
+    supports: Sequence[SupportStructure], evidence_logits: Sequence[Tensor]
+) -> list[Tensor]:
+    """Module B for many layers at once: ``[s.extrinsic(L) for s, L in zip(...)]``.
+
+    Chain supports with the same ``p01, p10`` are stacked into one batch of chains (all rows of
+    all those layers), padded at their ends with zero evidence, and run through a single
+    forward-backward scan. The padding is exact: a tail with no evidence sends a flat backward
+    message, and forward messages never see it. Other supports run one by one (independent
+    supports cost nothing; grids and graphs are one loopy-BP call each).
+
+    :param supports: shape-bound support structures. :param evidence_logits: one per support.
+    :returns: the extrinsic log-odds, one tensor per support, in order.
+    """
+    if len(supports) != len(evidence_logits):
+        raise ValueError(f"{len(supports)} supports but {len(evidence_logits)} evidence tensors")
+    out: list[Tensor | None] = [None] * len(supports)
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i, support in enumerate(supports):
+        if isinstance(support, MarkovChainSupport):
+            groups.setdefault((support.p01, support.p10), []).append(i)
+        else:
+            out[i] = support.extrinsic(evidence_logits[i])
+    for members in groups.values():
+        if len(members) == 1:
+            i = members[0]
+            out[i] = supports[i].extrinsic(evidence_logits[i])
+            continue
+        chains = []
+        for i in members:
+            support = supports[i]
+            assert isinstance(support, MarkovChainSupport)
+            chains.append(support._chains(support._check_logits(evidence_logits[i])))
+        width = max(c.shape[-1] for c in chains)
+        stacked = torch.cat([F.pad(c, (0, width - c.shape[-1])) for c in chains], dim=-2)
+        first = supports[members[0]]
+        assert isinstance(first, MarkovChainSupport)
+        log_init, log_trans = first._log_params(stacked)
+        posterior = forward_backward(stacked, log_init, log_trans)
+        start = 0
+        for i, c in zip(members, chains, strict=True):
+            support = supports[i]
+            assert isinstance(support, MarkovChainSupport)
+            rows, length = c.shape[-2], c.shape[-1]
+            piece = posterior[..., start : start + rows, :length]
+            out[i] = support._unchain(piece) - evidence_logits[i]
+            start += rows
+    return [t for t in out if t is not None]

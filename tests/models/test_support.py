@@ -123,3 +123,22 @@ def test_shapes_are_checked():
         GraphMRFSupport(nx.relabel_nodes(nx.path_graph(3), {0: "a", 1: "b", 2: "c"}))
     with pytest.raises(ValueError, match="graph has 3 nodes"):
         GraphMRFSupport(nx.path_graph(3)).with_shape((4,))
+
+
+def test_batched_extrinsic_equals_layer_by_layer():
+    """Chains of several layers (rows and columns, different lengths) in one padded scan."""
+    from pyro_dturbo.models.support import batched_extrinsic
+
+    supports = [
+        MarkovChainSupport(0.05, 0.2).with_shape((4, 7)),
+        MarkovChainSupport(0.05, 0.2, along="cols").with_shape((3, 5)),
+        MarkovChainSupport(0.05, 0.2).with_shape((2, 3, 2, 2)),
+        MarkovChainSupport(0.1, 0.3).with_shape((6,)),
+        IndependentSupport(0.2).with_shape((2, 2)),
+    ]
+    evidence = [torch.randn(s.event_shape) * 3 for s in supports]
+    batched = batched_extrinsic(supports, evidence)
+    expected = [s.extrinsic(e) for s, e in zip(supports, evidence)]
+    assert_close(batched, expected, atol=1e-10)
+    with pytest.raises(ValueError, match="evidence"):
+        batched_extrinsic(supports, evidence[:-1])

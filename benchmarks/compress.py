@@ -2,7 +2,8 @@
 magnitude pruning and mean-field SVI at the same density, on the digits MLP (DESIGN section 8).
 
 Per seed, :func:`~pyro_dturbo.experiment.run_compression` trains the dense MLP, then Turbo-VBI
-from its weights (chain prior, then the independent prior as the ablation); the dense network
+from its weights (chain prior with the mean-field weight prior, the chain prior with the
+``log_mixture`` weight prior, then the independent prior as the ablation); the dense network
 of the chain run is then pruned by magnitude to the chain run's density (fine-tuned for the same
 epochs) and fitted by SVI (``AutoNormal``, Gaussian prior) pruned to that density too.
 
@@ -54,7 +55,7 @@ from pyro_dturbo.models.layers import to_sparse_bayes
 from pyro_dturbo.models.zoo import MLP, DemoAlexNet
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
-METHODS = ("turbo-chain", "turbo-chain-mean-field", "turbo-independent", "magnitude", "svi")
+METHODS = ("turbo-chain", "turbo-chain-log-mixture", "turbo-independent", "magnitude", "svi")
 FULL = {
     "seeds": [0, 1, 2],
     "epochs": 80,
@@ -172,7 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _config(
-    args: argparse.Namespace, seed: int, prior: str, weight_prior: str = "log_mixture"
+    args: argparse.Namespace, seed: int, prior: str, weight_prior: str = "mean_field"
 ) -> CompressConfig:
     return CompressConfig(
         weight_prior=weight_prior,
@@ -203,10 +204,10 @@ def run_seed(args: argparse.Namespace, seed: int, support_png: Path | None) -> l
     if support_png is not None:
         plot_support(chain["_net"], support_png)
 
-    mean_field = run_compression(
-        _config(args, seed, "chain", weight_prior="mean_field"), progress_bar=progress
+    log_mixture = run_compression(
+        _config(args, seed, "chain", weight_prior="log_mixture"), progress_bar=progress
     )
-    records.append(_turbo_record("turbo-chain-mean-field", seed, mean_field))
+    records.append(_turbo_record("turbo-chain-log-mixture", seed, log_mixture))
     _print_record(records[-1])
 
     independent = run_compression(_config(args, seed, "independent"), progress_bar=progress)

@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--kl-weight", type=float, default=1.0)
     compress.add_argument(
         "--weight-prior",
-        choices=("log_mixture", "mean_field"),
-        default="log_mixture",
+        choices=("mean_field", "log_mixture"),
+        default="mean_field",
         help="prior precision of the w-steps (see NetworkModuleA)",
     )
     compress.add_argument("--hidden", type=_positive_int, nargs="+", help="MLP hidden widths")

@@ -72,7 +72,7 @@ def network_prior(kind: str = "chain", **overrides: Any) -> SparsePrior:
 class CompressConfig:
     """Settings of one compression run (defaults: the digits MLP of the README).
 
-    ``weight_prior = "log_mixture"`` is the benchmark's measured choice for compression (see
+    ``weight_prior`` is ``"mean_field"`` (``E_q[rho]``) or ``"log_mixture"`` (see
     :class:`~pyro_dturbo.inference.network.NetworkModuleA`). ``kl_weight = 1`` is the plain
     ELBO; the last ``finetune_epochs`` of the ``epochs`` train
     ``q(w)`` under the frozen support (see :func:`~pyro_dturbo.inference.network.fit_network`).
@@ -90,7 +90,7 @@ class CompressConfig:
     lr: float = 2e-3
     dense_lr: float = 3e-3
     kl_weight: float = 1.0
-    weight_prior: str = "log_mixture"
+    weight_prior: str = "mean_field"
     seed: int = 0
     data_root: str | None = None
     download: bool = False

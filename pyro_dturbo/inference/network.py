@@ -111,12 +111,10 @@ class NetworkModuleA:
         them (``1/sigma^2 - E[rho]``).
     :param str weight_prior: the prior precision of the w-steps' KL. ``"mean_field"`` is
         ``E_q[rho]`` from ``q(rho)`` (default, DESIGN section 4); ``"log_mixture"`` is
-        ``exp(q log(1/v1) + (1-q) log(1/v0))``, which depends on ``q(s)`` only. Under
-        ``E_q[rho]`` a weight the support calls inactive can keep a sizeable value (a large
-        ``E[w^2]`` lowers its own ``E[rho]``), so pruning at the end costs accuracy; on the
-        digits MLP (``benchmarks/compress.py``) the log mixture kept more accuracy at fewer
-        FLOPs, while on the teacher-student problem it activated too much (support recovery
-        needs ``"mean_field"``). Both are measured side by side in the benchmark.
+        ``exp(q log(1/v1) + (1-q) log(1/v0))``, which depends on ``q(s)`` only and shrinks the
+        weights the support calls inactive harder. On the digits MLP
+        (``benchmarks/compress.py``, 3 seeds) it prunes more neurons and loses more accuracy;
+        on the teacher-student problem it activates too much. Kept as a measured option.
     :param int seed: seeds data order and the reparameterisation noise.
     """
 

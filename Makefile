@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/regression.py --svi-steps 1000 --threads 1
 	$(PY) benchmarks/regression.py --only-nuts --nuts-obs 40 --threads 1
 	$(PY) benchmarks/message_passing.py
+	$(PY) benchmarks/compress.py --timing --alexnet
 
 lint: $(STAMP)
 	$(PY) -m ruff check pyro_dturbo tests benchmarks notebooks

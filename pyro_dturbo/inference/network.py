@@ -208,7 +208,10 @@ class NetworkModuleA:
             },
             rng=rng,
             iteration=0,
-            evidence={name: torch.zeros(shape) for name, shape in self.support_shape.items()},
+            evidence={
+                name: torch.zeros(shape, dtype=self.x.dtype, device=self.device)
+                for name, shape in self.support_shape.items()
+            },
             optimizer=copy.deepcopy(self.optimizer.state_dict()),
         )
 
@@ -222,6 +225,7 @@ class NetworkModuleA:
         t0 = time.perf_counter()
         self.net.train()
         loss_sum = correct = seen = 0.0
+        kl_scale = self.kl_weight / self.num_data
         with torch.random.fork_rng(devices=self._rng_devices()):
             self._set_rng_state(params["rng"])
             for _ in range(self.steps_per_iter):
@@ -233,15 +237,19 @@ class NetworkModuleA:
                 xb, yb = self.x[idx], self.y[idx]
                 logits = self.net(xb)
                 nll = F.cross_entropy(logits, yb)
-                kl = torch.stack([layer.kl() for layer in self.layers.values()]).sum()
-                loss = nll + (self.kl_weight / self.num_data) * kl
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                nll.backward()
+                # the KL term's gradient in closed form (same as backpropagating it)
+                for layer in self.layers.values():
+                    layer.add_kl_grad(kl_scale)
                 self.optimizer.step()
-                loss_sum += float(loss.detach()) * len(idx)
+                loss_sum += float(nll.detach()) * len(idx)
                 correct += float((logits.detach().argmax(-1) == yb).sum())
                 seen += len(idx)
             rng = self._rng_state()
+            with torch.no_grad():
+                kl = sum(float(layer.kl()) for layer in self.layers.values())
+        loss_sum += kl_scale * kl * seen  # report -ELBO / N with the KL at the end of the steps
         data["generator"] = gen.get_state()
         t1 = time.perf_counter()
         iteration = params["iteration"] + 1

@@ -111,25 +111,35 @@ class SparseBayesLayer(PyroModule):
             mu, var = mu * self.mask, var * self.mask
         return mu, var
 
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _var_op(self, x2: Tensor, var: Tensor) -> Tensor:
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         """Pre-activations. ``weight`` (optional) replaces the posterior by a fixed value."""
+        bias = self.bias
         if weight is not None:
-            return self._op(x, weight) + self._bias_term(x)
+            return self._op(x, weight, bias)
         if not self.training:
-            return self._op(x, self.posterior_mean()) + self._bias_term(x)
+            return self._op(x, self.posterior_mean(), bias)
         mu, var = self._moments()
-        mean = self._op(x, mu)
-        std = (self._var_op(x * x, var) + _VAR_EPS).sqrt()
-        return mean + std * torch.randn_like(mean) + self._bias_term(x)
+        mean = self._op(x, mu, bias)
+        std = torch.sqrt(self._op(x * x, var) + _VAR_EPS)
+        return torch.addcmul(mean, std, torch.randn_like(mean))
 
-    def _bias_term(self, x: Tensor) -> Tensor | float:
-        raise NotImplementedError
+    @torch.no_grad()
+    def add_kl_grad(self, scale: float) -> None:
+        """Add ``scale * d KL / d(mu, log sigma)`` to the gradients, in closed form.
+
+        ``dKL/dmu = rho mu`` and ``dKL/dlog sigma = rho sigma^2 - 1``: the same gradients as
+        backpropagating ``scale * self.kl()``, without building its graph every step.
+        """
+        rho, mu, log_scale = self.prior_precision, self.weight_loc, self.weight_log_scale
+        if mu.grad is None:
+            mu.grad = torch.zeros_like(mu)
+        if log_scale.grad is None:
+            log_scale.grad = torch.zeros_like(log_scale)
+        mu.grad.addcmul_(rho, mu, value=scale)
+        log_scale.grad.add_(torch.exp(2.0 * log_scale).mul_(rho).sub_(1.0), alpha=scale)
 
     @torch.no_grad()
     def set_prior(self, precision: Tensor, support_probs: Tensor | None = None) -> None:
@@ -180,14 +190,8 @@ class SparseBayesLinear(SparseBayesLayer):
             bound = 1.0 / math.sqrt(self.in_features)
             self.weight_loc.uniform_(-bound, bound)
 
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight)
-
-    def _var_op(self, x2: Tensor, var: Tensor) -> Tensor:
-        return F.linear(x2, var)
-
-    def _bias_term(self, x: Tensor) -> Tensor | float:
-        return 0.0 if self.bias is None else self.bias
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -227,14 +231,8 @@ class SparseBayesConv2d(SparseBayesLayer):
             bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
             self.weight_loc.uniform_(-bound, bound)
 
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
-
-    def _var_op(self, x2: Tensor, var: Tensor) -> Tensor:
-        return F.conv2d(x2, var, None, self.stride, self.padding, self.dilation)
-
-    def _bias_term(self, x: Tensor) -> Tensor | float:
-        return 0.0 if self.bias is None else self.bias[:, None, None]
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return (

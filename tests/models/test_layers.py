@@ -142,3 +142,15 @@ def test_gaussian_prior_model_trains_with_autonormal():
     # class 1 is x0 > 0: the logit difference grows with x0 and ignores x1
     assert float(w[1, 0] - w[0, 0]) > 2.0
     assert abs(float(w[1, 1] - w[0, 1])) < 1.0
+
+
+@pytest.mark.parametrize("layer", [SparseBayesLinear(5, 4), SparseBayesConv2d(2, 3, 2)])
+def test_closed_form_kl_gradient_equals_autograd(layer):
+    with torch.no_grad():
+        layer.weight_log_scale.uniform_(-3, 0)
+        layer.set_prior(torch.rand(layer.weight_loc.shape) * 5 + 0.5)
+    (0.3 * layer.kl()).backward()
+    expected = (layer.weight_loc.grad.clone(), layer.weight_log_scale.grad.clone())
+    layer.zero_grad(set_to_none=True)
+    layer.add_kl_grad(0.3)
+    assert_close((layer.weight_loc.grad, layer.weight_log_scale.grad), expected, atol=1e-12)

@@ -138,7 +138,7 @@ def test_batched_extrinsic_equals_layer_by_layer():
     ]
     evidence = [torch.randn(s.event_shape) * 3 for s in supports]
     batched = batched_extrinsic(supports, evidence)
-    expected = [s.extrinsic(e) for s, e in zip(supports, evidence)]
+    expected = [s.extrinsic(e) for s, e in zip(supports, evidence, strict=True)]
     assert_close(batched, expected, atol=1e-10)
     with pytest.raises(ValueError, match="evidence"):
         batched_extrinsic(supports, evidence[:-1])

@@ -124,3 +124,33 @@ def test_bad_inputs():
         fit_network(net, x * float("nan"), y, PRIOR)
     with pytest.raises(FileNotFoundError):
         load_checkpoint("/nonexistent/ckpt.pt")
+
+
+def test_conv_net_end_to_end_export_matches():
+    """LeNet-5 on small images: train, prune, export; the compact net predicts the same."""
+    from pyro_dturbo.compression import export_compact, prune
+    from pyro_dturbo.models.zoo import LeNet5
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 16, 16, generator=gen)
+    y = (x[:, 0, :8].mean((1, 2)) > 0).long()  # the top half of the image decides
+    net = to_sparse_bayes(LeNet5(1, 2, image_size=16))
+    result = fit_network(net, x, y, PRIOR, epochs=3, batch_size=32, finetune_epochs=1)
+    assert set(result.support_probs) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+    assert result.support_probs["conv2"].shape == (16, 6, 5, 5)
+    prune(net)
+    compact = export_compact(net, (1, 16, 16))
+    net.eval()
+    assert_close(compact(x), net(x), atol=1e-8)
+
+
+def test_per_layer_prior_override_takes_effect():
+    x, y, _ = _small_problem(600)
+    sparse_fc2 = SparsePrior.independent(1e-4, active=(1.0, 1.0), inactive=(1.0, 1e-4))
+    prior = PRIOR.replace(layer_priors={"fc2": sparse_fc2})
+    net = to_sparse_bayes(MLP(16, (8,), 3))
+    result = fit_network(net, x, y, prior, epochs=6)
+    density = {k: float((v > 0.5).double().mean()) for k, v in result.support_probs.items()}
+    reference = fit_network(to_sparse_bayes(MLP(16, (8,), 3)), x, y, PRIOR, epochs=6)
+    ref_density = {k: float((v > 0.5).double().mean()) for k, v in reference.support_probs.items()}
+    assert density["fc2"] < ref_density["fc2"]

@@ -110,6 +110,7 @@ def _compress(args: argparse.Namespace) -> int:
         dense_epochs=args.dense_epochs,
         kl_weight=args.kl_weight,
         weight_prior=args.weight_prior,
+        finetune=args.finetune,
         seed=args.seed,
         data_root=None if args.data_root is None else str(args.data_root),
         download=args.download,
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("mean_field", "log_mixture"),
         default="mean_field",
         help="prior precision of the w-steps (see NetworkModuleA)",
+    )
+    compress.add_argument(
+        "--finetune",
+        choices=("map", "vb"),
+        default="map",
+        help="fine-tuning under the frozen support: posterior-mean steps or VB steps",
     )
     compress.add_argument("--hidden", type=_positive_int, nargs="+", help="MLP hidden widths")
     compress.add_argument("--seed", type=int, default=0)

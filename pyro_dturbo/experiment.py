@@ -91,6 +91,7 @@ class CompressConfig:
     dense_lr: float = 3e-3
     kl_weight: float = 1.0
     weight_prior: str = "mean_field"
+    finetune: str = "map"
     seed: int = 0
     data_root: str | None = None
     download: bool = False
@@ -210,6 +211,7 @@ def run_compression(
         lr=config.lr,
         kl_weight=config.kl_weight,
         weight_prior=config.weight_prior,
+        finetune=config.finetune,
         warmup_epochs=config.warmup_epochs,
         finetune_epochs=config.finetune_epochs,
         seed=config.seed,

@@ -115,6 +115,11 @@ class NetworkModuleA:
         weights the support calls inactive harder. On the digits MLP
         (``benchmarks/compress.py``, 3 seeds) it prunes more neurons and loses more accuracy;
         on the teacher-student problem it activates too much. Kept as a measured option.
+    :param str finetune: how ``q(w)`` trains once the support is frozen: ``"map"`` (default)
+        steps on the pruned posterior mean itself, without reparameterisation noise, under the
+        same prior precisions (the exported model is that mean); ``"vb"`` keeps the
+        local-reparameterisation steps. On the digits MLP ``"map"`` lost 1.1 / 1.7 / 0.8 points
+        against ``"vb"``'s 2.5 / 2.0 / 1.1 on seeds 0 / 1 / 2, on the same supports.
     :param int seed: seeds data order and the reparameterisation noise.
     """
 
@@ -134,8 +139,12 @@ class NetworkModuleA:
         demo_constants: bool = False,
         scale_lr: float = 10.0,
         weight_prior: str = "mean_field",
+        finetune: str = "map",
         seed: int = 0,
     ):
+        if finetune not in ("map", "vb"):
+            raise ValueError(f"finetune must be 'map' or 'vb', got {finetune!r}")
+        self.finetune = finetune
         if weight_prior not in ("log_mixture", "mean_field"):
             raise ValueError(
                 f"weight_prior must be 'log_mixture' or 'mean_field', got {weight_prior!r}"
@@ -224,6 +233,10 @@ class NetworkModuleA:
         gen = torch.Generator().set_state(data["generator"])
         t0 = time.perf_counter()
         self.net.train()
+        frozen = self.freeze_after is not None and params["iteration"] >= self.freeze_after
+        for layer in self.layers.values():
+            # MAP fine-tuning: under the frozen support, steps on the posterior mean alone
+            layer.deterministic = frozen and self.finetune == "map"
         loss_sum = correct = seen = 0.0
         kl_scale = self.kl_weight / self.num_data
         with torch.random.fork_rng(devices=self._rng_devices()):
@@ -383,6 +396,7 @@ def fit_network(
     init_precision: float = 1.0,
     scale_lr: float = 10.0,
     weight_prior: str = "mean_field",
+    finetune: str = "map",
     warmup_epochs: int = 0,
     finetune_epochs: int = 0,
     damping: float = 0.0,
@@ -402,7 +416,8 @@ def fit_network(
         ``steps_per_iter``).
     :param int steps_per_iter: w-steps between closed-form / Module-B updates (default: one epoch).
     :param float damping: weight of the previous support message in Module B.
-    :param str weight_prior: ``"log_mixture"`` or ``"mean_field"``, see :class:`NetworkModuleA`.
+    :param str weight_prior: ``"mean_field"`` or ``"log_mixture"``, see :class:`NetworkModuleA`.
+    :param str finetune: ``"map"`` or ``"vb"``, see :class:`NetworkModuleA`.
     :param int warmup_epochs: epochs of w-steps under ``E[rho] = init_precision`` first.
     :param int finetune_epochs: the last epochs of the ``epochs``: the support is frozen at
         ``q(s) > 0.5``, pruned weights are masked out and only ``q(w)`` trains, so the pruned
@@ -433,6 +448,7 @@ def fit_network(
         init_precision=init_precision,
         scale_lr=scale_lr,
         weight_prior=weight_prior,
+        finetune=finetune,
         demo_constants=demo_constants,
         seed=seed,
     )
@@ -461,6 +477,8 @@ def fit_network(
         result = turbo.run(state, max_iters=remaining, progress_bar=progress_bar, hook_fn=hook)
         state = result.state
     module_a._load(state.params)
+    for layer in module_a.layers.values():
+        layer.deterministic = False  # leave the network as a plain variational one
     return NetworkResult(state.params, state, list(state.history), net=net, prior=prior)
 
 

@@ -62,6 +62,8 @@ class SparseBayesLayer(PyroModule):
     prior_precision: Tensor
     support_probs: Tensor
     mask: Tensor | None
+    #: forward the posterior mean even in training mode (MAP fine-tuning)
+    deterministic: bool = False
 
     def _init_posterior(self, shape: tuple[int, ...], bias: bool, init_scale: float) -> None:
         if not init_scale > 0:
@@ -119,7 +121,7 @@ class SparseBayesLayer(PyroModule):
         bias = self.bias
         if weight is not None:
             return self._op(x, weight, bias)
-        if not self.training:
+        if not self.training or self.deterministic:
             return self._op(x, self.posterior_mean(), bias)
         mu, var = self._moments()
         mean = self._op(x, mu, bias)

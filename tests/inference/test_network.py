@@ -107,6 +107,21 @@ def test_finetune_freezes_support_and_masks():
     assert "test_accuracy" in result.history[-1]
 
 
+def test_map_finetune_changes_only_the_frozen_phase():
+    x, y, _ = _small_problem(400)
+    histories = {}
+    for mode in ("map", "vb"):
+        torch.manual_seed(1)
+        net = to_sparse_bayes(MLP(16, (8,), 3))
+        histories[mode] = fit_network(net, x, y, PRIOR, epochs=5, finetune_epochs=2, finetune=mode)
+        assert not any(layer.deterministic for layer in (net.fc1, net.fc2))
+    losses = {mode: [r["loss"] for r in h.history] for mode, h in histories.items()}
+    assert losses["map"][:3] == losses["vb"][:3]  # the same run until the support freezes
+    assert losses["map"][3:] != losses["vb"][3:]
+    with pytest.raises(ValueError, match="finetune"):
+        fit_network(net, x, y, PRIOR, finetune="sgd")
+
+
 def test_bad_inputs():
     x, y, _ = _small_problem()
     net = to_sparse_bayes(MLP(16, (8,), 3))

@@ -2,10 +2,11 @@
 magnitude pruning and mean-field SVI at the same density, on the digits MLP (DESIGN section 8).
 
 Per seed, :func:`~pyro_dturbo.experiment.run_compression` trains the dense MLP, then Turbo-VBI
-from its weights (chain prior with the mean-field weight prior, the chain prior with the
-``log_mixture`` weight prior, then the independent prior as the ablation); the dense network
-of the chain run is then pruned by magnitude to the chain run's density (fine-tuned for the same
-epochs) and fitted by SVI (``AutoNormal``, Gaussian prior) pruned to that density too.
+from its weights (chain prior with the defaults, the same with ``finetune="vb"``, the chain
+prior with the ``log_mixture`` weight prior, then the independent prior as the ablation); the
+dense network of the chain run is then pruned by magnitude to the chain run's density
+(fine-tuned for the same epochs) and fitted by SVI (``AutoNormal``, Gaussian prior) pruned to
+that density too.
 
 Writes ``results/compress.json`` (config, machine, per-seed records, medians per method, the
 DESIGN targets as pass / fail, timings), ``results/compress.png`` (accuracy against density per
@@ -55,7 +56,14 @@ from pyro_dturbo.models.layers import to_sparse_bayes
 from pyro_dturbo.models.zoo import MLP, DemoAlexNet
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
-METHODS = ("turbo-chain", "turbo-chain-log-mixture", "turbo-independent", "magnitude", "svi")
+METHODS = (
+    "turbo-chain",
+    "turbo-chain-vb-finetune",
+    "turbo-chain-log-mixture",
+    "turbo-independent",
+    "magnitude",
+    "svi",
+)
 FULL = {
     "seeds": [0, 1, 2],
     "epochs": 80,
@@ -173,10 +181,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _config(
-    args: argparse.Namespace, seed: int, prior: str, weight_prior: str = "mean_field"
+    args: argparse.Namespace,
+    seed: int,
+    prior: str,
+    weight_prior: str = "mean_field",
+    finetune: str = "map",
 ) -> CompressConfig:
     return CompressConfig(
         weight_prior=weight_prior,
+        finetune=finetune,
         dataset="digits",
         model="mlp",
         hidden=tuple(args.hidden),
@@ -203,6 +216,12 @@ def run_seed(args: argparse.Namespace, seed: int, support_png: Path | None) -> l
     _print_record(records[-1])
     if support_png is not None:
         plot_support(chain["_net"], support_png)
+
+    vb_finetune = run_compression(
+        _config(args, seed, "chain", finetune="vb"), progress_bar=progress
+    )
+    records.append(_turbo_record("turbo-chain-vb-finetune", seed, vb_finetune))
+    _print_record(records[-1])
 
     log_mixture = run_compression(
         _config(args, seed, "chain", weight_prior="log_mixture"), progress_bar=progress

@@ -114,7 +114,8 @@ class SparseBayesLayer(PyroModule):
         return mu, var
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """The layer's linear map (``F.linear``, ``F.conv2d``): each subclass defines it."""
+        raise TypeError(f"{type(self).__name__} does not define its linear map _op")
 
     def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         """Pre-activations. ``weight`` (optional) replaces the posterior by a fixed value."""

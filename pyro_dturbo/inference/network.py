@@ -237,7 +237,10 @@ class NetworkModuleA:
         for layer in self.layers.values():
             # MAP fine-tuning: under the frozen support, steps on the posterior mean alone
             layer.deterministic = frozen and self.finetune == "map"
-        loss_sum = correct = seen = 0.0
+        # running sums stay on the device: no host sync per step
+        loss_sum = torch.zeros((), dtype=self.x.dtype, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
         kl_scale = self.kl_weight / self.num_data
         with torch.random.fork_rng(devices=self._rng_devices()):
             self._set_rng_state(params["rng"])
@@ -256,17 +259,19 @@ class NetworkModuleA:
                 for layer in self.layers.values():
                     layer.add_kl_grad(kl_scale)
                 self.optimizer.step()
-                loss_sum += float(nll.detach()) * len(idx)
-                correct += float((logits.detach().argmax(-1) == yb).sum())
+                loss_sum += nll.detach() * len(idx)
+                correct += (logits.detach().argmax(-1) == yb).sum()
                 seen += len(idx)
             rng = self._rng_state()
             with torch.no_grad():
                 kl = sum(float(layer.kl()) for layer in self.layers.values())
-        loss_sum += kl_scale * kl * seen  # report -ELBO / N with the KL at the end of the steps
+        # report -ELBO / N, with the KL at the end of the steps
+        metrics = self._metrics(
+            float(loss_sum) / seen + kl_scale * kl, int(correct) / seen, time.perf_counter() - t0
+        )
         data["generator"] = gen.get_state()
-        t1 = time.perf_counter()
         iteration = params["iteration"] + 1
-        if self.freeze_after is not None and params["iteration"] >= self.freeze_after:
+        if frozen:
             # fine-tuning under a fixed support: same messages, masks stay, only w moves
             snapshot = self._snapshot(
                 data=data,
@@ -275,11 +280,7 @@ class NetworkModuleA:
                 evidence=params["evidence"],
                 optimizer=copy.deepcopy(self.optimizer.state_dict()),
             )
-            return (
-                snapshot,
-                dict(params["evidence"]),
-                self._metrics(loss_sum, correct, seen, t1 - t0),
-            )
+            return snapshot, dict(params["evidence"]), metrics
         evidence = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
@@ -312,19 +313,16 @@ class NetworkModuleA:
             evidence=evidence,
             optimizer=copy.deepcopy(self.optimizer.state_dict()),
         )
-        return snapshot, evidence, self._metrics(loss_sum, correct, seen, t1 - t0)
+        metrics["density"] = self._density()
+        return snapshot, evidence, metrics
 
-    def _metrics(
-        self, loss_sum: float, correct: float, seen: float, time_w: float
-    ) -> dict[str, float]:
+    def _density(self) -> float:
         kept = sum(int((layer.support_probs > 0.5).sum()) for layer in self.layers.values())
         total = sum(layer.support_probs.numel() for layer in self.layers.values())
-        return {
-            "loss": loss_sum / max(seen, 1.0),
-            "accuracy": correct / max(seen, 1.0),
-            "density": kept / total,
-            "time_w": time_w,
-        }
+        return kept / total
+
+    def _metrics(self, loss: float, accuracy: float, time_w: float) -> dict[str, float]:
+        return {"loss": loss, "accuracy": accuracy, "density": self._density(), "time_w": time_w}
 
     def _weight_precision(self, q: Tensor, mean_field: Tensor, prior: SparsePrior) -> Tensor:
         """The prior precision the next w-steps' KL uses."""

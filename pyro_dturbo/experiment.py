@@ -111,7 +111,20 @@ class CompressConfig:
         return out
 
 
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device {name!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r}: torch has no CUDA device here (a CPU build, or no GPU); use 'cpu'"
+        )
+    return device
+
+
 def _load(config: CompressConfig) -> ClassificationData:
+    _device(config.device)
     if config.model not in ZOO:
         raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(ZOO)}")
     data = load_dataset(

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from pyro_dturbo.cli import main
 from pyro_dturbo.experiment import (
@@ -115,3 +116,11 @@ def test_cli_compress_bad_inputs(tmp_path, capsys):
     assert code == 2
     assert "fc7" in capsys.readouterr().err
     assert main(["compress", "--epochs", "2", "--finetune-epochs", "2"]) == 2
+    assert main(["compress", "--device", "tpu9", "--out", str(tmp_path)]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cli_compress_cuda_without_gpu(tmp_path, capsys):
+    assert main(["compress", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

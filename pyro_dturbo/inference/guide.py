@@ -16,6 +16,7 @@ import pyro.distributions as dist
 import scipy.stats
 import torch
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 from pyro.nn import PyroModule
 from torch import Tensor
 
@@ -72,10 +73,12 @@ class TurboGuide(PyroModule):
     def _setup(self, *args: Any, **kwargs: Any) -> list[str]:
         if self._sites is None:
             trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
+            trace = prune_subsample_sites(trace)
+            # the likelihood site "obs" is the model's, observed or not (Predictive samples it)
             sites = [
                 name
                 for name, site in trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"]
+                if site["type"] == "sample" and not site["is_observed"] and name != "obs"
             ]
             known = {
                 f"{layer}.{part}"

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from pyro_dturbo.inference.messages import clip_logits
 from pyro_dturbo.inference.turbo import TurboResult, TurboState, TurboVBI
 from pyro_dturbo.inference.vbi import cavity_evidence, update_precision
-from pyro_dturbo.models.layers import SparseBayesLayer, sparse_layers
+from pyro_dturbo.models.layers import SparseBayesLayer, network_model, sparse_layers
 from pyro_dturbo.models.prior import SparsePrior
 
 __all__ = [
@@ -378,6 +378,44 @@ class NetworkResult(TurboResult):
         """``q(s = 1)`` per layer, in the layer's weight shape."""
         assert self.net is not None
         return {name: layer.support_probs.clone() for name, layer in sparse_layers(self.net)}
+
+    def model(self, x: Tensor, y: Tensor | None = None, num_data: int | None = None) -> Tensor:
+        """The Pyro model this posterior belongs to: :func:`~pyro_dturbo.models.network_model`
+        with the fitted network and prior."""
+        assert self.net is not None and self.prior is not None
+        return network_model(self.net, x, y, self.prior, num_data=num_data)
+
+    def guide(self) -> Any:
+        """A :class:`~pyro_dturbo.inference.guide.TurboGuide` over every layer's sites.
+
+        ``q(s)`` and ``q(w)`` are the layers' own; ``q(rho) = Gamma(at, bt)`` is the
+        closed-form update from them. Works with :class:`pyro.infer.Predictive` and
+        ``Trace_ELBO`` on :meth:`model`.
+
+        Example::
+
+            >>> predictive = Predictive(result.model, guide=result.guide(), num_samples=50)
+            >>> labels = predictive(x_test)["obs"]          # (50, len(x_test))
+        """
+        from pyro_dturbo.inference.guide import TurboGuide
+
+        assert self.net is not None and self.prior is not None
+        layers = {}
+        with torch.no_grad():
+            for name, layer in sparse_layers(self.net):
+                q = layer.support_probs
+                mu, var = layer.weight_loc, layer.weight_variance
+                shape, rate = update_precision(q, mu * mu + var, self.prior.for_layer(name))
+                layers[name] = {
+                    "support_probs": q,
+                    "precision_shape": shape,
+                    "precision_rate": rate,
+                    "weight_loc": mu,
+                    "weight_scale": var.sqrt(),
+                }
+        guide = TurboGuide(self.model)
+        guide.set_posterior(layers)
+        return guide
 
 
 def fit_network(

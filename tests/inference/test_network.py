@@ -169,3 +169,27 @@ def test_per_layer_prior_override_takes_effect():
     reference = fit_network(to_sparse_bayes(MLP(16, (8,), 3)), x, y, PRIOR, epochs=6)
     ref_density = {k: float((v > 0.5).double().mean()) for k, v in reference.support_probs.items()}
     assert density["fc2"] < ref_density["fc2"]
+
+
+def test_network_guide_with_predictive_and_elbo():
+    import pyro
+    from pyro.infer import Predictive, Trace_ELBO
+
+    data = teacher_student(num_train=1000, num_test=300, seed=1)
+    x, y, x_test = data.x_train.double(), data.y_train, data.x_test.double()
+    net = to_sparse_bayes(MLP(64, (), 4))
+    result = fit_network(net, x, y, PRIOR, epochs=10, batch_size=100, lr=1e-2)
+    guide = result.guide()
+    assert_close(guide.support_probs()["fc1"], result.support_probs["fc1"])
+    samples = Predictive(result.model, guide=guide, num_samples=40)(x_test)
+    assert samples["obs"].shape == (40, len(x_test))
+    # Predictive pads global sites with one dim per plate (here the data plate)
+    assert samples["fc1.weight"].shape == (40, 1, 4, 64)
+    # the posterior-predictive majority vote predicts about as well as the posterior mean
+    majority = float((samples["obs"].mode(0).values == data.y_test).double().mean())
+    mean_accuracy = evaluate_accuracy(net, x_test, data.y_test)
+    assert mean_accuracy > 0.75
+    assert majority > mean_accuracy - 0.1
+    loss = Trace_ELBO().loss(result.model, guide, x, y)
+    assert torch.isfinite(torch.tensor(loss))
+    pyro.clear_param_store()

@@ -16,8 +16,8 @@ import pyro.distributions as dist
 import scipy.stats
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 from pyro.nn import PyroModule
+from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 __all__ = ["TurboGuide"]

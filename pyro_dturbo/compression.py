@@ -846,7 +846,8 @@ def compression_report(
     :func:`count_macs` finds in the dense architecture / the :func:`export_compact` model),
     ``"flops_sparse"`` (twice :func:`sparse_macs`), ``"flops_ratio"`` (``flops_dense /
     flops_compressed``: how many times fewer FLOPs), ``"bytes_dense"``, ``"bytes_coo"``,
-    ``"bytes_rle"``, ``"bytes_compressed"`` (per layer the better of COO and RLE, summed) and
+    ``"bytes_rle"``, ``"bytes_compressed"`` (per layer the smallest of dense, COO and RLE,
+    summed) and
     ``"fraction_in_whole_units"``: the share of pruned weights that lie in an all-pruned row
     (a dead neuron / channel) or all-pruned column of their layer's ``(out, in * kh * kw)``
     matrix, a measure of how structured the sparsity is (0 when nothing is pruned). With test
@@ -918,7 +919,7 @@ def compression_report(
         "flops_sparse": 2 * sparse_macs(net, input_shape),
         "flops_ratio": flops_dense / flops_compressed,
         "bytes_dense": sum(r.bytes_dense for r in layers),
-        "bytes_compressed": sum(min(r.bytes_coo, r.bytes_rle) for r in layers),
+        "bytes_compressed": sum(min(r.bytes_dense, r.bytes_coo, r.bytes_rle) for r in layers),
         "bytes_coo": sum(r.bytes_coo for r in layers),
         "bytes_rle": sum(r.bytes_rle for r in layers),
         "fraction_in_whole_units": pruned_in_units / pruned if pruned else 0.0,

@@ -92,6 +92,7 @@ class CompressConfig:
     kl_weight: float = 1.0
     weight_prior: str = "mean_field"
     finetune: str = "map"
+    damping: float = 0.0
     seed: int = 0
     data_root: str | None = None
     download: bool = False
@@ -225,6 +226,7 @@ def run_compression(
         kl_weight=config.kl_weight,
         weight_prior=config.weight_prior,
         finetune=config.finetune,
+        damping=config.damping,
         warmup_epochs=config.warmup_epochs,
         finetune_epochs=config.finetune_epochs,
         seed=config.seed,

@@ -212,7 +212,7 @@ class NetworkModuleA:
         return self._snapshot(
             data={
                 "generator": gen.get_state(),
-                "perm": torch.randperm(self.num_data, generator=gen),
+                "perm": torch.randperm(self.num_data, generator=gen).to(self.device),
                 "pos": 0,
             },
             rng=rng,
@@ -246,9 +246,10 @@ class NetworkModuleA:
             self._set_rng_state(params["rng"])
             for _ in range(self.steps_per_iter):
                 if data["pos"] >= self.num_data:
-                    data["perm"] = torch.randperm(self.num_data, generator=gen)
+                    # drawn on the CPU generator (reproducible), moved once per epoch
+                    data["perm"] = torch.randperm(self.num_data, generator=gen).to(self.device)
                     data["pos"] = 0
-                idx = data["perm"][data["pos"] : data["pos"] + self.batch_size].to(self.device)
+                idx = data["perm"][data["pos"] : data["pos"] + self.batch_size]
                 data["pos"] += self.batch_size
                 xb, yb = self.x[idx], self.y[idx]
                 logits = self.net(xb)

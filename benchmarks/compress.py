@@ -3,10 +3,10 @@ magnitude pruning and mean-field SVI at the same density, on the digits MLP (DES
 
 Per seed, :func:`~pyro_dturbo.experiment.run_compression` trains the dense MLP, then Turbo-VBI
 from its weights (chain prior with the defaults, the same with ``finetune="vb"``, the chain
-prior with the ``log_mixture`` weight prior, then the independent prior as the ablation); the
-dense network of the chain run is then pruned by magnitude to the chain run's density
-(fine-tuned for the same epochs) and fitted by SVI (``AutoNormal``, Gaussian prior) pruned to
-that density too.
+prior with the ``log_mixture`` weight prior, the reference demo's grid MRF prior, then the
+independent prior as the ablation); the dense network of the chain run is then pruned by
+magnitude to the chain run's density (fine-tuned for the same epochs) and fitted by SVI
+(``AutoNormal``, Gaussian prior) pruned to that density too.
 
 Writes ``results/compress.json`` (config, machine, per-seed records, medians per method, the
 DESIGN targets as pass / fail, timings), ``results/compress.png`` (accuracy against density per
@@ -60,6 +60,7 @@ METHODS = (
     "turbo-chain",
     "turbo-chain-vb-finetune",
     "turbo-chain-log-mixture",
+    "turbo-grid",
     "turbo-independent",
     "magnitude",
     "svi",
@@ -227,6 +228,10 @@ def run_seed(args: argparse.Namespace, seed: int, support_png: Path | None) -> l
         _config(args, seed, "chain", weight_prior="log_mixture"), progress_bar=progress
     )
     records.append(_turbo_record("turbo-chain-log-mixture", seed, log_mixture))
+    _print_record(records[-1])
+
+    grid = run_compression(_config(args, seed, "grid"), progress_bar=progress)
+    records.append(_turbo_record("turbo-grid", seed, grid))
     _print_record(records[-1])
 
     independent = run_compression(_config(args, seed, "independent"), progress_bar=progress)

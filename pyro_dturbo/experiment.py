@@ -21,6 +21,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from pyro_dturbo.compression import (
     apply_masks,
@@ -159,6 +160,7 @@ def train_dense(
     lr: float,
     seed: int = 0,
     masks: dict[str, Tensor] | None = None,
+    progress_bar: bool = False,
 ) -> list[float]:
     """Minibatch Adam on the cross-entropy (the dense SGD reference); returns epoch times.
 
@@ -169,7 +171,7 @@ def train_dense(
     modules = dict(net.named_modules())
     times = []
     net.train()
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="dense", disable=not progress_bar, leave=False):
         start = time.perf_counter()
         perm = torch.randperm(len(y), generator=gen).to(x.device)
         for i in range(0, len(y), batch_size):
@@ -212,6 +214,7 @@ def run_compression(
         batch_size=config.batch_size,
         lr=config.dense_lr,
         seed=config.seed,
+        progress_bar=progress_bar,
     )
     bayes = to_sparse_bayes(dense, prior)
     start = time.perf_counter()

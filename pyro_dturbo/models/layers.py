@@ -166,6 +166,8 @@ class SparseBayesLinear(SparseBayesLayer):
     :param int in_features: inputs. :param int out_features: outputs (rows of the support).
     :param bool bias: learn a bias (a point estimate).
     :param float init_scale: initial ``sigma``.
+    :param str name: the layer's name in Pyro's param store (its parameters become
+        ``"{name}.bias"`` and so on when the network runs inside a Pyro model).
 
     Example::
 
@@ -180,9 +182,14 @@ class SparseBayesLinear(SparseBayesLayer):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, init_scale: float = 1e-3
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init_scale: float = 1e-3,
+        name: str = "",
     ):
-        super().__init__()
+        super().__init__(name)
         if in_features < 1 or out_features < 1:
             raise ValueError(
                 f"SparseBayesLinear needs positive sizes, got {in_features} -> {out_features}"
@@ -209,6 +216,7 @@ class SparseBayesConv2d(SparseBayesLayer):
     :param int in_channels: :param int out_channels: :param kernel_size: as ``nn.Conv2d``.
     :param stride: :param padding: :param dilation: as ``nn.Conv2d`` (``groups`` = 1).
     :param bool bias: learn a bias. :param float init_scale: initial ``sigma``.
+    :param str name: the layer's name in Pyro's param store.
     """
 
     def __init__(
@@ -221,8 +229,9 @@ class SparseBayesConv2d(SparseBayesLayer):
         dilation: int | tuple[int, int] = 1,
         bias: bool = True,
         init_scale: float = 1e-3,
+        name: str = "",
     ):
-        super().__init__()
+        super().__init__(name)
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         if min(in_channels, out_channels, kh, kw) < 1:
             raise ValueError("SparseBayesConv2d needs positive channel counts and kernel sizes")
@@ -244,11 +253,13 @@ class SparseBayesConv2d(SparseBayesLayer):
         )
 
 
-def _convert(layer: nn.Module, init_from_weights: bool, init_scale: float) -> SparseBayesLayer:
+def _convert(
+    layer: nn.Module, init_from_weights: bool, init_scale: float, name: str = ""
+) -> SparseBayesLayer:
     new: SparseBayesLayer
     if isinstance(layer, nn.Linear):
         new = SparseBayesLinear(
-            layer.in_features, layer.out_features, layer.bias is not None, init_scale
+            layer.in_features, layer.out_features, layer.bias is not None, init_scale, name
         )
     else:
         assert isinstance(layer, nn.Conv2d)
@@ -265,6 +276,7 @@ def _convert(layer: nn.Module, init_from_weights: bool, init_scale: float) -> Sp
             layer.dilation,  # type: ignore[arg-type]
             layer.bias is not None,
             init_scale,
+            name,
         )
     new = new.to(dtype=layer.weight.dtype, device=layer.weight.device)
     if init_from_weights:
@@ -311,8 +323,11 @@ def to_sparse_bayes(
     for name, child in list(converted.named_modules()):
         for child_name, grandchild in list(child.named_children()):
             if isinstance(grandchild, (nn.Linear, nn.Conv2d)):
-                setattr(child, child_name, _convert(grandchild, init_from_weights, init_scale))
-                replaced.append(f"{name}.{child_name}" if name else child_name)
+                path = f"{name}.{child_name}" if name else child_name
+                # the path names the layer's parameters in Pyro's param store too
+                layer = _convert(grandchild, init_from_weights, init_scale, path)
+                setattr(child, child_name, layer)
+                replaced.append(path)
     if not replaced:
         raise ValueError("to_sparse_bayes found no nn.Linear or nn.Conv2d layer to convert")
     if prior is not None:

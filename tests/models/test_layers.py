@@ -154,3 +154,13 @@ def test_closed_form_kl_gradient_equals_autograd(layer):
     layer.zero_grad(set_to_none=True)
     layer.add_kl_grad(0.3)
     assert_close((layer.weight_loc.grad, layer.weight_log_scale.grad), expected, atol=1e-12)
+
+
+def test_layers_have_their_own_pyro_param_names():
+    """Inside a Pyro model each layer's bias is its own param site ("fc1.bias", "fc2.bias")."""
+    net = to_sparse_bayes(MLP(4, (3,), 2))
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    trace = pyro.poutine.trace(network_model).get_trace(net, x, y, None)
+    params = {name for name, site in trace.nodes.items() if site["type"] == "param"}
+    assert params == {"fc1.bias", "fc2.bias"}
+    assert pyro.param("fc2.bias").shape == (2,)

@@ -258,6 +258,7 @@ def run_seed(args: argparse.Namespace, seed: int, support_png: Path | None) -> l
         data,
         chain["density"],
         epochs=args.svi_epochs,
+        finetune_epochs=args.finetune_epochs,
         batch_size=config["batch_size"],
         lr=config["lr"],
         seed=seed,

@@ -49,9 +49,10 @@ def test_baselines_prune_to_the_requested_density(tiny_run):
     report, _ = tiny_run
     mag = magnitude_baseline(report["_dense"], report["_data"], 0.25, finetune_epochs=1)
     assert mag["density"] == pytest.approx(0.25, abs=1e-3)
-    svi = svi_baseline(report["_dense"], report["_data"], 0.25, epochs=1)
+    svi = svi_baseline(report["_dense"], report["_data"], 0.25, epochs=1, finetune_epochs=1)
     assert svi["density"] == pytest.approx(0.25, abs=2e-3)
     assert 0.0 <= svi["accuracy"] <= 1.0
+    assert svi["flops_ratio"] >= 1.0 and set(svi["neurons_kept"]) == {"fc1", "fc2"}
 
 
 def test_network_prior_names():

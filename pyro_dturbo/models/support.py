@@ -631,8 +631,9 @@ def batched_extrinsic(
     Chain supports with the same ``p01, p10`` are stacked into one batch of chains (all rows of
     all those layers), padded at their ends with zero evidence, and run through a single
     forward-backward scan. The padding is exact: a tail with no evidence sends a flat backward
-    message, and forward messages never see it. Other supports run one by one (independent
-    supports cost nothing; grids and graphs are one loopy-BP call each).
+    message, and forward messages never see it. Grid and graph MRFs with the same BP settings
+    run as one loopy-BP call on the disjoint union of their graphs (with a tolerance, the union
+    iterates until every part has converged). Independent supports cost nothing.
 
     :param supports: shape-bound support structures. :param evidence_logits: one per support.
     :returns: the extrinsic log-odds, one tensor per support, in order.
@@ -641,11 +642,46 @@ def batched_extrinsic(
         raise ValueError(f"{len(supports)} supports but {len(evidence_logits)} evidence tensors")
     out: list[Tensor | None] = [None] * len(supports)
     groups: dict[tuple[float, float], list[int]] = {}
+    graphs: dict[tuple[int, float, float], list[int]] = {}
     for i, support in enumerate(supports):
         if isinstance(support, MarkovChainSupport):
             groups.setdefault((support.p01, support.p10), []).append(i)
+        elif isinstance(support, _PairwiseMRFSupport):
+            key = (support.bp_iters, support.bp_damping, support.bp_tol)
+            graphs.setdefault(key, []).append(i)
         else:
             out[i] = support.extrinsic(evidence_logits[i])
+    for members in graphs.values():
+        # one loopy-BP run on the disjoint union of the layers' graphs
+        flats, edges, pots, biases, offset = [], [], [], [], 0
+        for i in members:
+            support = supports[i]
+            assert isinstance(support, _PairwiseMRFSupport)
+            flat = support._check_logits(evidence_logits[i]).reshape(-1)
+            edge_index, log_pot, bias, _ = support._graph(flat)
+            flats.append(flat)
+            edges.append(edge_index + offset)
+            pots.append(log_pot)
+            biases.append(bias)
+            offset += flat.numel()
+        first = supports[members[0]]
+        assert isinstance(first, _PairwiseMRFSupport)
+        union = torch.cat(flats)
+        beliefs = loopy_bp(
+            union,
+            torch.cat(edges, dim=1),
+            torch.cat(pots),
+            node_bias=torch.cat(biases),
+            max_iters=first.bp_iters,
+            damping=first.bp_damping,
+            tol=first.bp_tol,
+        )
+        assert isinstance(beliefs, Tensor)
+        extrinsic = beliefs - union
+        start = 0
+        for i, flat in zip(members, flats, strict=True):
+            out[i] = extrinsic[start : start + flat.numel()].reshape(evidence_logits[i].shape)
+            start += flat.numel()
     for members in groups.values():
         if len(members) == 1:
             i = members[0]

@@ -135,6 +135,10 @@ def test_batched_extrinsic_equals_layer_by_layer():
         MarkovChainSupport(0.05, 0.2).with_shape((2, 3, 2, 2)),
         MarkovChainSupport(0.1, 0.3).with_shape((6,)),
         IndependentSupport(0.2).with_shape((2, 2)),
+        # loopy BP on the union of two grids and a tree (fixed iterations: no tolerance stop)
+        GridMRFSupport(0.05, 0.2, bp_iters=30, bp_tol=0.0).with_shape((4, 5)),
+        GridMRFSupport(0.05, 0.2, bp_iters=30, bp_tol=0.0).with_shape((3, 3)),
+        GraphMRFSupport(nx.path_graph(6), coupling=1.0, bias=-1.0, bp_iters=30, bp_tol=0.0),
     ]
     evidence = [torch.randn(s.event_shape) * 3 for s in supports]
     batched = batched_extrinsic(supports, evidence)

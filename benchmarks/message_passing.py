@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from pyro_dturbo.inference.chain import chain_log_init, chain_log_transition, forward_backward
-from pyro_dturbo.inference.loopy import grid_edges, loopy_bp
+from pyro_dturbo.ops.chain import chain_log_init, chain_log_transition, forward_backward
+from pyro_dturbo.ops.loopy import grid_edges, loopy_bp
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "results" / "message_passing.json"
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_dturbo.inference.chain import sample_chain
+from pyro_dturbo.ops.chain import sample_chain
 
 __all__ = [
     "RegressionProblem",

@@ -56,7 +56,7 @@ from pyro_dturbo.data import (
     support_f1,
 )
 from pyro_dturbo.inference.baselines import run_mcmc, run_svi
-from pyro_dturbo.inference.turbo import fit_sparse_regression
+from pyro_dturbo.inference.regression import fit_sparse_regression
 from pyro_dturbo.models import (
     GridMRFSupport,
     IndependentSupport,

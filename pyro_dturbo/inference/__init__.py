@@ -1,45 +1,52 @@
-"""How beliefs are updated: messages, Module A / Module B, the Turbo loop, guides, baselines.
+"""How beliefs are updated: Module A (regression, networks), the one Module B, the Turbo loop,
+the guide, the SVI / MCMC baselines and ArviZ diagnostics.
 
-The pure tensor maths (``messages``, ``chain``, ``loopy``) import nothing from this package,
-so :mod:`pyro_dturbo.models` can use them for exact log-densities and sampling; the public
-names below are therefore loaded lazily (PEP 562) to keep that import free of cycles.
+The pure tensor maths these build on (messages, forward-backward, loopy BP, closed-form VB
+pieces) lives in :mod:`pyro_dturbo.ops`.
 """
 
-from importlib import import_module
-from typing import Any
+from pyro_dturbo.inference.baselines import MCMCResult, SVIResult, run_mcmc, run_svi
+from pyro_dturbo.inference.diagnostics import summary, to_arviz
+from pyro_dturbo.inference.guide import TurboGuide
+from pyro_dturbo.inference.module_b import ModuleB, ModuleBOutput
+from pyro_dturbo.inference.network import (
+    NetworkModuleA,
+    NetworkResult,
+    default_network_prior,
+    fit_network,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pyro_dturbo.inference.regression import (
+    RegressionModuleA,
+    SparseRegressionResult,
+    fit_sparse_regression,
+)
+from pyro_dturbo.inference.turbo import TurboResult, TurboState, TurboVBI
+from pyro_dturbo.ops.messages import BernoulliMessage, GaussianMessage
 
-_EXPORTS = {
-    "BernoulliMessage": "messages",
-    "GaussianMessage": "messages",
-    "RegressionModuleA": "vbi",
-    "TurboVBI": "turbo",
-    "TurboState": "turbo",
-    "TurboResult": "turbo",
-    "SparseRegressionResult": "turbo",
-    "fit_sparse_regression": "turbo",
-    "NetworkModuleA": "network",
-    "NetworkResult": "network",
-    "fit_network": "network",
-    "default_network_prior": "network",
-    "save_checkpoint": "network",
-    "load_checkpoint": "network",
-    "TurboGuide": "guide",
-    "run_svi": "baselines",
-    "run_mcmc": "baselines",
-    "SVIResult": "baselines",
-    "MCMCResult": "baselines",
-    "to_arviz": "diagnostics",
-    "summary": "diagnostics",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "BernoulliMessage",
+    "GaussianMessage",
+    "MCMCResult",
+    "ModuleB",
+    "ModuleBOutput",
+    "NetworkModuleA",
+    "NetworkResult",
+    "RegressionModuleA",
+    "SVIResult",
+    "SparseRegressionResult",
+    "TurboGuide",
+    "TurboResult",
+    "TurboState",
+    "TurboVBI",
+    "default_network_prior",
+    "fit_network",
+    "fit_sparse_regression",
+    "load_checkpoint",
+    "run_mcmc",
+    "run_svi",
+    "save_checkpoint",
+    "summary",
+    "to_arviz",
+]

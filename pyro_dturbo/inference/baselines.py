@@ -59,7 +59,7 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_uniform
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_dturbo.inference.chain import chain_log_init, chain_log_transition
+from pyro_dturbo.ops.chain import chain_log_init, chain_log_transition
 from pyro_dturbo.models.prior import SparsePrior, require_summable_support
 from pyro_dturbo.models.regression import (
     LAYER,

@@ -38,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_dturbo.inference.messages import clip_logits
+from pyro_dturbo.inference.guide import TurboGuide
 from pyro_dturbo.inference.turbo import TurboResult, TurboState, TurboVBI
-from pyro_dturbo.inference.vbi import cavity_evidence, update_precision
 from pyro_dturbo.models.layers import SparseBayesLayer, network_model, sparse_layers
 from pyro_dturbo.models.prior import SparsePrior
+from pyro_dturbo.ops.messages import BernoulliMessage, GaussianMessage
+from pyro_dturbo.ops.vb import cavity_evidence, site_from_marginal, update_precision
 
 __all__ = [
     "NetworkModuleA",
@@ -197,13 +198,13 @@ class NetworkModuleA:
     def support_probs(self, params: dict[str, Any]) -> dict[str, Tensor]:
         return {name: p.clone() for name, p in params["support_probs"].items()}
 
-    def init_params(self, prior_probs: dict[str, Tensor]) -> dict[str, Any]:
+    def init_params(self, prior: dict[str, BernoulliMessage]) -> dict[str, Any]:
         """Snapshot the network as it is, with ``E[rho] = init_precision`` everywhere."""
         with torch.no_grad():
             for name, layer in self.layers.items():
                 layer.set_prior(
                     torch.full_like(layer.weight_loc, self.init_precision),
-                    prior_probs[name].to(layer.weight_loc),
+                    prior[name].probs.to(layer.weight_loc),
                 )
         gen = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=self._rng_devices()):
@@ -225,8 +226,8 @@ class NetworkModuleA:
         )
 
     def update(
-        self, params: dict[str, Any], prior_logits: dict[str, Tensor]
-    ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, float]]:
+        self, params: dict[str, Any], prior: dict[str, BernoulliMessage]
+    ) -> tuple[dict[str, Any], dict[str, BernoulliMessage], dict[str, float]]:
         """``steps_per_iter`` w-steps, then the closed-form ``q(s)``, ``q(rho)`` for all layers."""
         self._load(params)
         data = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in params["data"].items()}
@@ -281,27 +282,28 @@ class NetworkModuleA:
                 evidence=params["evidence"],
                 optimizer=copy.deepcopy(self.optimizer.state_dict()),
             )
-            return snapshot, dict(params["evidence"]), metrics
+            return snapshot, _messages(params["evidence"]), metrics
         evidence = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
                 shape = layer.matrix_shape
-                prior = self.prior.for_layer(name)
+                layer_prior = self.prior.for_layer(name)
                 mu = layer.weight_loc.reshape(shape)
                 var = layer.weight_variance.reshape(shape)
                 rho = layer.prior_precision.reshape(shape)
                 # the data's site on w: the Gaussian marginal with the prior factor removed
-                site_precision = (1.0 / var - rho).clamp_min(1e-6)
-                site_mean = mu / (var * site_precision)
-                L = cavity_evidence(
-                    site_mean, site_precision, prior.active_variance, prior.inactive_variance
+                site = site_from_marginal(
+                    GaussianMessage.from_moments(mu, var), GaussianMessage.prior(rho)
                 )
+                L = cavity_evidence(site, layer_prior.active_variance, layer_prior.inactive_variance)
                 evidence[name] = L
                 if iteration <= self.warmup_iters:
                     continue
-                q = torch.sigmoid(clip_logits(prior_logits[name].to(L) + L))
-                shape_, rate = update_precision(q, mu * mu + var, prior, self.demo_constants)
-                layer.set_prior(self._weight_precision(q, shape_ / rate, prior), q)
+                q = (prior[name].to(L) * BernoulliMessage(L)).clip().probs
+                shape_, rate = update_precision(
+                    q, mu * mu + var, layer_prior.active, layer_prior.inactive, self.demo_constants
+                )
+                layer.set_prior(self._weight_precision(q, shape_ / rate, layer_prior), q)
                 if self.freeze_after is not None and iteration >= self.freeze_after:
                     layer.set_mask(q > 0.5)
         if iteration <= self.warmup_iters:
@@ -315,7 +317,7 @@ class NetworkModuleA:
             optimizer=copy.deepcopy(self.optimizer.state_dict()),
         )
         metrics["density"] = self._density()
-        return snapshot, evidence, metrics
+        return snapshot, _messages(evidence), metrics
 
     def _density(self) -> float:
         kept = sum(int((layer.support_probs > 0.5).sum()) for layer in self.layers.values())
@@ -398,15 +400,16 @@ class NetworkResult(TurboResult):
             >>> predictive = Predictive(result.model, guide=result.guide(), num_samples=50)
             >>> labels = predictive(x_test)["obs"]          # (50, len(x_test))
         """
-        from pyro_dturbo.inference.guide import TurboGuide
-
         assert self.net is not None and self.prior is not None
         layers = {}
         with torch.no_grad():
             for name, layer in sparse_layers(self.net):
                 q = layer.support_probs
                 mu, var = layer.weight_loc, layer.weight_variance
-                shape, rate = update_precision(q, mu * mu + var, self.prior.for_layer(name))
+                layer_prior = self.prior.for_layer(name)
+                shape, rate = update_precision(
+                    q, mu * mu + var, layer_prior.active, layer_prior.inactive
+                )
                 layers[name] = {
                     "support_probs": q,
                     "precision_shape": shape,
@@ -519,6 +522,10 @@ def fit_network(
     return NetworkResult(state.params, state, list(state.history), net=net, prior=prior)
 
 
+def _messages(logits: dict[str, Tensor]) -> dict[str, BernoulliMessage]:
+    return {k: BernoulliMessage(v.clone()) for k, v in logits.items()}
+
+
 def save_checkpoint(path: str | Path, state: TurboState) -> None:
     """Write a turbo state (network, optimiser, data order, generators, messages) to ``path``."""
     torch.save(
@@ -542,8 +549,8 @@ def load_checkpoint(path: str | Path) -> TurboState:
     raw = torch.load(path, weights_only=True)
     return TurboState(
         raw["params"],
-        raw["prior_logits"],
-        raw["evidence_logits"],
+        _messages(raw["prior_logits"]),
+        _messages(raw["evidence_logits"]),
         int(raw["iteration"]),
         bool(raw["converged"]),
         tuple(raw["history"]),

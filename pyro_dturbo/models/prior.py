@@ -287,6 +287,6 @@ class MarginalPrecision(TorchDistribution):
             lp = torch.logsumexp(emit + logw, dim=-1)
             return lp.reshape(lp.shape[: lp.dim() - len(self.event_shape)] + (-1,)).sum(-1)
         assert isinstance(support, MarkovChainSupport)
-        log_init, log_trans = support._log_params(value)
+        log_init, log_trans = support.log_params(value)
         hmm = dist.DiscreteHMM(log_init, log_trans, dist.Gamma(concentration, rate))
-        return hmm.log_prob(support._chains(value)).sum(-1)
+        return hmm.log_prob(support.chains(value)).sum(-1)

@@ -27,18 +27,17 @@ from typing import Any
 
 import networkx as nx
 import torch
-import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
-from pyro_dturbo.inference.chain import (
+from pyro_dturbo.ops.chain import (
     chain_log_init,
     chain_log_prob,
     chain_log_transition,
     forward_backward,
     sample_chain,
 )
-from pyro_dturbo.inference.loopy import grid_edges, ising_edge_log_potential, loopy_bp
+from pyro_dturbo.ops.loopy import grid_edges, ising_edge_log_potential, loopy_bp
 
 __all__ = [
     "SupportStructure",
@@ -47,7 +46,6 @@ __all__ = [
     "GraphMRFSupport",
     "IndependentSupport",
     "support_from_dict",
-    "batched_extrinsic",
 ]
 
 
@@ -123,7 +121,7 @@ class SupportStructure(TorchDistribution):
             )
         return value
 
-    def _check_logits(self, logits: Tensor) -> Tensor:
+    def check_logits(self, logits: Tensor) -> Tensor:
         shape = self._require_shape()
         if tuple(logits.shape) != tuple(shape):
             raise ValueError(
@@ -217,20 +215,20 @@ class MarkovChainSupport(SupportStructure):
         """The stationary probability ``lambda`` that a weight is active."""
         return self.p01 / (self.p01 + self.p10)
 
-    def _chains(self, x: Tensor) -> Tensor:
+    def chains(self, x: Tensor) -> Tensor:
         """View ``(..., *shape)`` as ``(..., num_chains, length)``."""
         shape = self._require_shape()
         rows, cols = _matrix_shape(shape)
         x = x.reshape(x.shape[: x.dim() - len(shape)] + (rows, cols))
         return x.transpose(-1, -2) if self.along == "cols" else x
 
-    def _unchain(self, x: Tensor) -> Tensor:
+    def unchain(self, x: Tensor) -> Tensor:
         shape = self._require_shape()
         if self.along == "cols":
             x = x.transpose(-1, -2)
         return x.reshape(x.shape[:-2] + shape)
 
-    def _log_params(self, like: Tensor) -> tuple[Tensor, Tensor]:
+    def log_params(self, like: Tensor) -> tuple[Tensor, Tensor]:
         # Module B calls this every turbo iteration: build the tensors once per dtype/device.
         key = (like.dtype, like.device)
         if key not in self._param_cache:
@@ -243,8 +241,8 @@ class MarkovChainSupport(SupportStructure):
         value = self._check_value(value)
         if not value.is_floating_point():
             value = value.to(torch.get_default_dtype())
-        log_init, log_trans = self._log_params(value)
-        return chain_log_prob(self._chains(value), log_init, log_trans).sum(-1)
+        log_init, log_trans = self.log_params(value)
+        return chain_log_prob(self.chains(value), log_init, log_trans).sum(-1)
 
     def sample(
         self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()
@@ -255,13 +253,13 @@ class MarkovChainSupport(SupportStructure):
         p01 = torch.tensor(self.p01, dtype=torch.get_default_dtype())
         p10 = torch.tensor(self.p10, dtype=torch.get_default_dtype())
         chains = sample_chain(p01, p10, tuple(sample_shape) + chain_shape)
-        return self._unchain(chains)
+        return self.unchain(chains)
 
     def extrinsic(self, evidence_logits: Tensor) -> Tensor:
-        evidence_logits = self._check_logits(evidence_logits)
-        log_init, log_trans = self._log_params(evidence_logits)
-        posterior = forward_backward(self._chains(evidence_logits), log_init, log_trans)
-        return self._unchain(posterior) - evidence_logits
+        evidence_logits = self.check_logits(evidence_logits)
+        log_init, log_trans = self.log_params(evidence_logits)
+        posterior = forward_backward(self.chains(evidence_logits), log_init, log_trans)
+        return self.unchain(posterior) - evidence_logits
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "p01": self.p01, "p10": self.p10, "along": self.along}
@@ -303,7 +301,7 @@ class IndependentSupport(SupportStructure):
         return torch.bernoulli(probs)
 
     def extrinsic(self, evidence_logits: Tensor) -> Tensor:
-        evidence_logits = self._check_logits(evidence_logits)
+        evidence_logits = self.check_logits(evidence_logits)
         return torch.full_like(evidence_logits, math.log(self.p) - math.log1p(-self.p))
 
     def to_dict(self) -> dict[str, Any]:
@@ -341,6 +339,11 @@ class _PairwiseMRFSupport(SupportStructure):
         super().__init__(shape)
         self._graph_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor, Tensor, list[Tensor]]] = {}
 
+    @property
+    def bp_settings(self) -> tuple[int, float, float]:
+        """``(bp_iters, bp_damping, bp_tol)``: MRFs with equal settings can share one BP run."""
+        return self.bp_iters, self.bp_damping, self.bp_tol
+
     def _bp_kwargs(self) -> dict[str, Any]:
         return {
             "bp_iters": self.bp_iters,
@@ -363,7 +366,7 @@ class _PairwiseMRFSupport(SupportStructure):
             groups.setdefault(c, []).append(node)
         return [torch.tensor(sorted(v), dtype=torch.long) for _, v in sorted(groups.items())]
 
-    def _graph(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    def factor_graph(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         key = (like.dtype, like.device)
         if key not in self._graph_cache:
             edge_index, log_pot, bias = self._build(like.dtype, like.device)
@@ -378,7 +381,7 @@ class _PairwiseMRFSupport(SupportStructure):
         value = self._check_value(value)
         value = value.to(torch.get_default_dtype()) if not value.is_floating_point() else value
         flat = value.reshape(value.shape[: value.dim() - len(shape)] + (-1,))
-        edge_index, log_pot, bias, _ = self._graph(flat)
+        edge_index, log_pot, bias, _ = self.factor_graph(flat)
         si, sj = flat[..., edge_index[0]], flat[..., edge_index[1]]
         pair = (
             (1 - si) * (1 - sj) * log_pot[:, 0, 0]
@@ -411,7 +414,7 @@ class _PairwiseMRFSupport(SupportStructure):
         shape = self._require_shape()
         n = math.prod(shape)
         like = torch.zeros((), dtype=torch.get_default_dtype())
-        edge_index, log_pot, bias, colours = self._graph(like)
+        edge_index, log_pot, bias, colours = self.factor_graph(like)
         flat = torch.bernoulli(torch.full(tuple(sample_shape) + (n,), 0.5, dtype=like.dtype))
         for _ in range(self.gibbs_sweeps):
             for nodes in colours:
@@ -420,9 +423,9 @@ class _PairwiseMRFSupport(SupportStructure):
         return flat.reshape(tuple(sample_shape) + tuple(shape))
 
     def extrinsic(self, evidence_logits: Tensor) -> Tensor:
-        evidence_logits = self._check_logits(evidence_logits)
+        evidence_logits = self.check_logits(evidence_logits)
         flat = evidence_logits.reshape(-1)
-        edge_index, log_pot, bias, _ = self._graph(flat)
+        edge_index, log_pot, bias, _ = self.factor_graph(flat)
         beliefs = loopy_bp(
             flat,
             edge_index,
@@ -450,7 +453,7 @@ class GridMRFSupport(_PairwiseMRFSupport):
         view of ``shape`` (a vector of length ``N`` is one row).
     :param shape: the event shape, or ``None``.
     :param int bp_iters: loopy-BP iterations; ``bp_damping``, ``bp_tol`` as in
-        :func:`~pyro_dturbo.inference.loopy.loopy_bp`.
+        :func:`~pyro_dturbo.ops.loopy.loopy_bp`.
 
     References
 
@@ -621,89 +624,3 @@ def support_from_dict(spec: dict[str, Any]) -> SupportStructure:
         return _KINDS[kind](**spec)
     except TypeError as e:
         raise ValueError(f"support ({kind}): {e}") from e
-
-
-def batched_extrinsic(
-    supports: Sequence[SupportStructure], evidence_logits: Sequence[Tensor]
-) -> list[Tensor]:
-    """Module B for many layers at once: ``[s.extrinsic(L) for s, L in zip(...)]``.
-
-    Chain supports with the same ``p01, p10`` are stacked into one batch of chains (all rows of
-    all those layers), padded at their ends with zero evidence, and run through a single
-    forward-backward scan. The padding is exact: a tail with no evidence sends a flat backward
-    message, and forward messages never see it. Grid and graph MRFs with the same BP settings
-    run as one loopy-BP call on the disjoint union of their graphs (with a tolerance, the union
-    iterates until every part has converged). Independent supports cost nothing.
-
-    :param supports: shape-bound support structures. :param evidence_logits: one per support.
-    :returns: the extrinsic log-odds, one tensor per support, in order.
-    """
-    if len(supports) != len(evidence_logits):
-        raise ValueError(f"{len(supports)} supports but {len(evidence_logits)} evidence tensors")
-    out: list[Tensor | None] = [None] * len(supports)
-    groups: dict[tuple[float, float], list[int]] = {}
-    graphs: dict[tuple[int, float, float], list[int]] = {}
-    for i, support in enumerate(supports):
-        if isinstance(support, MarkovChainSupport):
-            groups.setdefault((support.p01, support.p10), []).append(i)
-        elif isinstance(support, _PairwiseMRFSupport):
-            key = (support.bp_iters, support.bp_damping, support.bp_tol)
-            graphs.setdefault(key, []).append(i)
-        else:
-            out[i] = support.extrinsic(evidence_logits[i])
-    for members in graphs.values():
-        # one loopy-BP run on the disjoint union of the layers' graphs
-        flats, edges, pots, biases, offset = [], [], [], [], 0
-        for i in members:
-            support = supports[i]
-            assert isinstance(support, _PairwiseMRFSupport)
-            flat = support._check_logits(evidence_logits[i]).reshape(-1)
-            edge_index, log_pot, bias, _ = support._graph(flat)
-            flats.append(flat)
-            edges.append(edge_index + offset)
-            pots.append(log_pot)
-            biases.append(bias)
-            offset += flat.numel()
-        first = supports[members[0]]
-        assert isinstance(first, _PairwiseMRFSupport)
-        union = torch.cat(flats)
-        beliefs = loopy_bp(
-            union,
-            torch.cat(edges, dim=1),
-            torch.cat(pots),
-            node_bias=torch.cat(biases),
-            max_iters=first.bp_iters,
-            damping=first.bp_damping,
-            tol=first.bp_tol,
-        )
-        assert isinstance(beliefs, Tensor)
-        extrinsic = beliefs - union
-        start = 0
-        for i, flat in zip(members, flats, strict=True):
-            out[i] = extrinsic[start : start + flat.numel()].reshape(evidence_logits[i].shape)
-            start += flat.numel()
-    for members in groups.values():
-        if len(members) == 1:
-            i = members[0]
-            out[i] = supports[i].extrinsic(evidence_logits[i])
-            continue
-        chains = []
-        for i in members:
-            support = supports[i]
-            assert isinstance(support, MarkovChainSupport)
-            chains.append(support._chains(support._check_logits(evidence_logits[i])))
-        width = max(c.shape[-1] for c in chains)
-        stacked = torch.cat([F.pad(c, (0, width - c.shape[-1])) for c in chains], dim=-2)
-        first = supports[members[0]]
-        assert isinstance(first, MarkovChainSupport)
-        log_init, log_trans = first._log_params(stacked)
-        posterior = forward_backward(stacked, log_init, log_trans)
-        start = 0
-        for i, c in zip(members, chains, strict=True):
-            support = supports[i]
-            assert isinstance(support, MarkovChainSupport)
-            rows, length = c.shape[-2], c.shape[-1]
-            piece = posterior[..., start : start + rows, :length]
-            out[i] = support._unchain(piece) - evidence_logits[i]
-            start += rows
-    return [t for t in out if t is not None]

@@ -18,7 +18,7 @@ from pyro_dturbo.inference.baselines import (
     weight_marginal_model,
 )
 from pyro_dturbo.inference.diagnostics import summary
-from pyro_dturbo.inference.turbo import fit_sparse_regression
+from pyro_dturbo.inference.regression import fit_sparse_regression
 from pyro_dturbo.models import (
     GridMRFSupport,
     IndependentSupport,

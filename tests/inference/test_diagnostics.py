@@ -9,7 +9,7 @@ import torch
 
 from pyro_dturbo.inference.baselines import run_mcmc, run_svi
 from pyro_dturbo.inference.diagnostics import az, summary, to_arviz
-from pyro_dturbo.inference.turbo import fit_sparse_regression
+from pyro_dturbo.inference.regression import fit_sparse_regression
 from pyro_dturbo.models import MarkovChainSupport, SparsePrior
 
 N, M = 8, 16

@@ -127,7 +127,7 @@ def test_shapes_are_checked():
 
 def test_batched_extrinsic_equals_layer_by_layer():
     """Chains of several layers (rows and columns, different lengths) in one padded scan."""
-    from pyro_dturbo.models.support import batched_extrinsic
+    from pyro_dturbo.inference.module_b import batched_extrinsic
 
     supports = [
         MarkovChainSupport(0.05, 0.2).with_shape((4, 7)),

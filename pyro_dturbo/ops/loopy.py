@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["grid_edges", "ising_edge_log_potential", "loopy_bp", "loopy_extrinsic"]
+__all__ = ["grid_edges", "ising_edge_log_potential", "loopy_bp"]
 
 
 def loopy_bp(
@@ -163,32 +163,6 @@ def loopy_bp(
     if return_messages:
         return beliefs, messages.reshape(-1), iterations
     return beliefs
-
-
-def loopy_extrinsic(
-    unary_logits: Tensor, edge_index: Tensor, edge_log_potential: Tensor, **kwargs: object
-) -> Tensor:
-    """Extrinsic log-odds of Module B on an MRF: beliefs minus the evidence that came in.
-
-    :param torch.Tensor unary_logits: evidence log-odds ``L_n`` of shape ``(N,)``.
-    :param torch.Tensor edge_index: ``(2, E)`` undirected edges.
-    :param torch.Tensor edge_log_potential: ``(E, 2, 2)`` log potentials.
-    :param kwargs: any keyword of :func:`loopy_bp` except ``return_messages``.
-    :returns: extrinsic log-odds ``(N,)``, i.e. ``logit(pi_n)`` for Module A [4].
-    :rtype: torch.Tensor
-
-    Example::
-
-        >>> edges = torch.cat(grid_edges(2, 2), dim=1)
-        >>> loopy_extrinsic(torch.tensor([4.0, 0.0, 0.0, 0.0]), edges,
-        ...                 ising_edge_log_potential(1.0, 4))
-        tensor([0.1765, 1.1530, 1.1530, 0.8381])
-    """
-    if kwargs.get("return_messages"):
-        raise ValueError("loopy_extrinsic returns the extrinsic log-odds only")
-    beliefs = loopy_bp(unary_logits, edge_index, edge_log_potential, **kwargs)  # type: ignore[arg-type]
-    assert isinstance(beliefs, Tensor)
-    return beliefs - unary_logits
 
 
 def grid_edges(

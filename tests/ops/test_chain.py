@@ -3,8 +3,7 @@ import itertools
 import pytest
 import torch
 
-from pyro_dturbo.inference.chain import (
-    chain_extrinsic,
+from pyro_dturbo.ops.chain import (
     chain_log_init,
     chain_log_prob,
     chain_log_transition,
@@ -100,15 +99,14 @@ def test_forward_backward_detects_a_wrong_prior():
     assert (good - bad).abs().max() > 1e-3
 
 
-def test_chain_extrinsic_and_marginals():
+def test_chain_marginals_and_flat_prior():
     p01, p10 = 0.02, 0.2
     log_init, log_trans = chain_log_init(p01, p10), chain_log_transition(p01, p10)
     unary = 2.0 * torch.randn(4, 30)
     post = forward_backward(unary, log_init, log_trans)
-    torch.testing.assert_close(chain_extrinsic(unary, log_init, log_trans), post - unary)
     torch.testing.assert_close(chain_marginals(unary, p01, p10), post.sigmoid())
     # without evidence the extrinsic message is the stationary prior log-odds
-    flat = chain_extrinsic(torch.zeros(2, 50), log_init, log_trans)
+    flat = forward_backward(torch.zeros(2, 50), log_init, log_trans)
     lam = p01 / (p01 + p10)
     torch.testing.assert_close(flat, torch.full((2, 50), lam).logit())
 
@@ -207,7 +205,7 @@ SCAN_PATHS = {"doubling": 10**12, "odd_even": 0}
 
 @pytest.fixture(params=sorted(SCAN_PATHS))
 def scan_path(request, monkeypatch):
-    import pyro_dturbo.inference.chain as chain_module
+    import pyro_dturbo.ops.chain as chain_module
 
     monkeypatch.setattr(chain_module, "_DOUBLING_MAX_POSITIONS", SCAN_PATHS[request.param])
     return request.param
@@ -226,7 +224,7 @@ def test_both_scan_paths_match_brute_force(scan_path, length, requires_grad):
 
 
 def _both_paths(monkeypatch, *args):
-    import pyro_dturbo.inference.chain as chain_module
+    import pyro_dturbo.ops.chain as chain_module
 
     out = {}
     for name, limit in SCAN_PATHS.items():
@@ -253,7 +251,7 @@ def test_scan_paths_agree_on_long_chains(monkeypatch, length):
 
 
 def test_scan_paths_agree_on_gradients(monkeypatch):
-    import pyro_dturbo.inference.chain as chain_module
+    import pyro_dturbo.ops.chain as chain_module
 
     unary = torch.randn(3, 40)
     grads, values = [], []

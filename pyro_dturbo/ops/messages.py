@@ -14,13 +14,28 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = ["PROB_EPS", "PRECISION_FLOOR", "BernoulliMessage", "GaussianMessage", "clip_logits"]
+
 #: Probabilities exchanged between modules are clipped to [PROB_EPS, 1 - PROB_EPS].
 PROB_EPS = 1e-6
+#: The one floor on the precision of a Gaussian site (a weight the data say nothing about):
+#: sites read off a marginal, ``q / prior``, are raised to it so they stay proper. At this
+#: floor a site's evidence about the support is zero to within ``1e-12`` nats.
+PRECISION_FLOOR = 1e-12
+
+
+def _from_numpy(array: np.ndarray, like: Tensor | None) -> Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if like is not None:
+        tensor = tensor.to(dtype=like.dtype, device=like.device)
+    return tensor
 
 
 def clip_logits(logits: Tensor, eps: float = PROB_EPS) -> Tensor:
@@ -93,6 +108,32 @@ class BernoulliMessage:
         """Clip the encoded probability to ``[eps, 1 - eps]``."""
         return BernoulliMessage(clip_logits(self.logits, eps))
 
+    def to(self, *args: object, **kwargs: object) -> BernoulliMessage:
+        """The message with its tensor moved / cast as by :meth:`torch.Tensor.to`."""
+        return BernoulliMessage(self.logits.to(*args, **kwargs))  # type: ignore[arg-type]
+
+    def max_prob_change(self, other: BernoulliMessage) -> float:
+        """``max |m(1) - other(1)|`` over all entries (0 for an empty message)."""
+        if self.logits.numel() == 0:
+            return 0.0
+        return float((self.probs - other.probs).abs().max())
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """A flat dict of numpy arrays (what a wire format or a checkpoint stores)."""
+        return {"logits": self.logits.detach().cpu().numpy()}
+
+    @classmethod
+    def from_numpy(
+        cls, arrays: Mapping[str, np.ndarray], like: Tensor | None = None
+    ) -> BernoulliMessage:
+        """The inverse of :meth:`to_numpy` (cast to ``like``'s dtype and device if given).
+
+        :raises ValueError: if the ``logits`` entry is missing.
+        """
+        if "logits" not in arrays:
+            raise ValueError(f"BernoulliMessage needs a 'logits' array, got {sorted(arrays)}")
+        return cls(_from_numpy(arrays["logits"], like))
+
 
 @dataclass(frozen=True)
 class GaussianMessage:
@@ -163,11 +204,58 @@ class GaussianMessage:
             (1.0 - damping) * self.eta + damping * previous.eta,
         )
 
-    def with_precision_floor(self, floor: float) -> GaussianMessage:
-        """Raise precisions below ``floor`` to ``floor``, keeping the mean where it is proper."""
-        mean = torch.where(self.precision > 0, self.mean, torch.zeros_like(self.eta))
-        precision = self.precision.clamp_min(floor)
-        return GaussianMessage(precision, precision * mean)
+    def with_precision_floor(self, floor: float = PRECISION_FLOOR) -> GaussianMessage:
+        """Raise precisions below ``floor`` to ``floor``, keeping ``eta`` (the pull on the mean).
+
+        Only the precision natural parameter is changed, so a floored site still says in which
+        direction the data move the weight; its evidence about the support stays finite (see
+        :func:`~pyro_dturbo.ops.vb.cavity_evidence`).
+
+        :param float floor: the smallest precision allowed (default :data:`PRECISION_FLOOR`).
+        """
+        return GaussianMessage(self.precision.clamp_min(floor), self.eta)
+
+    def to(self, *args: object, **kwargs: object) -> GaussianMessage:
+        """The message with its tensors moved / cast as by :meth:`torch.Tensor.to`."""
+        return GaussianMessage(
+            self.precision.to(*args, **kwargs),  # type: ignore[arg-type]
+            self.eta.to(*args, **kwargs),  # type: ignore[arg-type]
+        )
+
+    def reshape(self, *shape: int) -> GaussianMessage:
+        return GaussianMessage(self.precision.reshape(*shape), self.eta.reshape(*shape))
+
+    @classmethod
+    def prior(cls, precision: Tensor, mean: Tensor | None = None) -> GaussianMessage:
+        """``N(mean, 1 / precision)`` (``mean`` defaults to zero)."""
+        mean = torch.zeros_like(precision) if mean is None else mean
+        return cls(precision, precision * mean)
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """A flat dict of numpy arrays: ``precision`` and ``eta``."""
+        return {
+            "precision": self.precision.detach().cpu().numpy(),
+            "eta": self.eta.detach().cpu().numpy(),
+        }
+
+    @classmethod
+    def from_numpy(
+        cls, arrays: Mapping[str, np.ndarray], like: Tensor | None = None
+    ) -> GaussianMessage:
+        """The inverse of :meth:`to_numpy`.
+
+        :raises ValueError: if an entry is missing or the two shapes differ.
+        """
+        missing = {"precision", "eta"} - set(arrays)
+        if missing:
+            raise ValueError(f"GaussianMessage needs arrays {sorted(missing)}")
+        precision, eta = _from_numpy(arrays["precision"], like), _from_numpy(arrays["eta"], like)
+        if precision.shape != eta.shape:
+            raise ValueError(
+                f"GaussianMessage: precision {tuple(precision.shape)} and eta "
+                f"{tuple(eta.shape)} differ in shape"
+            )
+        return cls(precision, eta)
 
     def log_normalizer(self) -> Tensor:
         """``log ∫ exp(-precision w²/2 + eta w) dw`` elementwise (proper messages only)."""

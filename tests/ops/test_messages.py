@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pyro_dturbo.inference.messages import PROB_EPS, BernoulliMessage, GaussianMessage, clip_logits
+from pyro_dturbo.ops.messages import PROB_EPS, BernoulliMessage, GaussianMessage, clip_logits
 from tests.common import assert_close
 
 
@@ -75,5 +75,6 @@ def test_gaussian_cavity_damping_floor_power():
     assert floored.is_proper().all()
     assert_close(floored.mean[1], torch.tensor(0.5))
     assert math.isclose(float(floored.precision[0]), 1e-3)
+    assert_close(floored.eta, improper.eta)  # the floor changes the precision only
     with pytest.raises(ValueError, match="damping"):
         post.damp(prior, -0.1)

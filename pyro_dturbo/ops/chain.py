@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "chain_extrinsic",
     "chain_log_init",
     "chain_log_prob",
     "chain_log_transition",
@@ -317,27 +316,6 @@ def forward_backward(unary_logits: Tensor, log_init: Tensor, log_trans: Tensor) 
     post = unary + _log(odds)
     post[:, :1].add_(prior_odds)
     return post.reshape(batch + (length,))
-
-
-def chain_extrinsic(unary_logits: Tensor, log_init: Tensor, log_trans: Tensor) -> Tensor:
-    """Extrinsic log-odds of Module B: posterior log-odds minus the evidence that came in.
-
-    This is the message ``logit(pi_t)`` that Module B returns to Module A; it carries what the
-    chain says about ``s_t`` from all *other* positions and the prior, never ``L_t`` itself [4].
-
-    :param torch.Tensor unary_logits: evidence log-odds of shape ``batch + (L,)``.
-    :param torch.Tensor log_init: initial log probabilities, broadcastable to ``batch + (2,)``.
-    :param torch.Tensor log_trans: log transition matrices, broadcastable to ``batch + (2, 2)``.
-    :returns: extrinsic log-odds of shape ``batch + (L,)``.
-    :rtype: torch.Tensor
-
-    Example::
-
-        >>> unary = torch.zeros(3, 100)  # no evidence: the prior's stationary log-odds
-        >>> chain_extrinsic(unary, chain_log_init(0.01, 0.1), chain_log_transition(0.01, 0.1))[0, 0]
-        tensor(-2.3026)
-    """
-    return forward_backward(unary_logits, log_init, log_trans) - unary_logits
 
 
 def chain_marginals(unary_logits: Tensor, p01: Tensor | float, p10: Tensor | float) -> Tensor:

@@ -2,12 +2,17 @@
 
 A :class:`SparseBayesLinear` or :class:`SparseBayesConv2d` keeps ``q(w_n) = N(mu_n, sigma_n^2)``
 for every weight (trained by gradients with the local reparameterisation trick) and, as buffers
-set by the closed-form Turbo-VBI steps, the prior precision ``E[rho_n]`` its KL term uses and the
-support posterior ``q(s_n = 1)``. Every weight tensor is viewed as an ``(out) x (in * kh * kw)``
-matrix for the support structure (PyTorch order), so chains run along a neuron's or channel's
-inputs. :func:`to_sparse_bayes` turns a plain network into one built of these layers, and
-:func:`network_model` states the same network as a Pyro model (sites ``"{layer}.support"``,
-``"{layer}.precision"``, ``"{layer}.weight"``, ``"obs"``).
+set by the closed-form Turbo-VBI steps, the Gaussian prior ``N(m_n, 1 / p_n)`` its KL term is
+taken against (centralised training: ``m = 0``, ``p = E[rho_n]``; a federated client: its cavity)
+and the support posterior ``q(s_n = 1)``. Every weight tensor is viewed as an
+``(out) x (in * kh * kw)`` matrix for the support structure (PyTorch order), so chains run along
+a neuron's or channel's inputs. :func:`to_sparse_bayes` turns a plain network into one built of
+these layers, and :func:`network_model` states the same network as a Pyro model (sites
+``"{layer}.support"``, ``"{layer}.precision"``, ``"{layer}.weight"``, ``"obs"``).
+
+The layers are plain :class:`torch.nn.Module` s: their parameters belong to the network alone.
+Nothing here reads or writes Pyro's global param store, so any number of networks of one
+architecture (federated clients, say) live side by side in one process.
 
 References
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,10 +34,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
+from pyro.distributions import constraints
+from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 
 from pyro_dturbo.models.prior import SparsePrior
+from pyro_dturbo.ops.messages import GaussianMessage
 
 __all__ = [
     "SparseBayesLayer",
@@ -46,20 +54,22 @@ __all__ = [
 _VAR_EPS = 1e-16
 
 
-class SparseBayesLayer(PyroModule):
+class SparseBayesLayer(nn.Module):
     """Shared parts of the sparse Bayesian layers.
 
     Parameters ``weight_loc`` (``mu``), ``weight_log_scale`` (``log sigma``) and ``bias`` (a point
-    estimate, no prior); buffers ``prior_precision`` (``E[rho]``) and ``support_probs``
-    (``q(s = 1)``), both of the weight's shape. In training mode the forward pass samples the
-    pre-activations (local reparameterisation); in eval mode it uses the posterior mean, or
-    the pruned posterior mean where :attr:`mask` is set.
+    estimate, no prior); buffers ``prior_precision`` (``p``) and ``prior_mean`` (``m``), the
+    Gaussian prior ``N(m, 1 / p)`` of the KL term (:attr:`prior`, :meth:`set_prior`), and
+    ``support_probs`` (``q(s = 1)``), all of the weight's shape. In training mode the forward pass
+    samples the pre-activations (local reparameterisation); in eval mode it uses the posterior
+    mean, or the pruned posterior mean where :attr:`mask` is set.
     """
 
     weight_loc: nn.Parameter
     weight_log_scale: nn.Parameter
     bias: nn.Parameter | None
     prior_precision: Tensor
+    prior_mean: Tensor
     support_probs: Tensor
     mask: Tensor | None
     #: forward the posterior mean even in training mode (MAP fine-tuning)
@@ -72,8 +82,27 @@ class SparseBayesLayer(PyroModule):
         self.weight_log_scale = nn.Parameter(torch.full(shape, math.log(init_scale)))
         self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
         self.register_buffer("prior_precision", torch.ones(shape))
+        self.register_buffer("prior_mean", torch.zeros(shape))
         self.register_buffer("support_probs", torch.full(shape, 0.5))
         self.register_buffer("mask", None)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # state dicts written before the layers had a prior mean: their prior was N(0, 1 / p)
+        key = prefix + "prior_mean"
+        if key not in state_dict and prefix + "prior_precision" in state_dict:
+            state_dict[key] = torch.zeros_like(state_dict[prefix + "prior_precision"])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -89,21 +118,33 @@ class SparseBayesLayer(PyroModule):
     def weight_variance(self) -> Tensor:
         return (2.0 * self.weight_log_scale).exp()
 
+    @property
+    def prior(self) -> GaussianMessage:
+        """The prior ``N(m, 1 / p)`` the KL term is taken against, as a message (a snapshot:
+        later :meth:`set_prior` calls do not change it)."""
+        return GaussianMessage.prior(self.prior_precision.clone(), self.prior_mean.clone())
+
     def posterior_mean(self) -> Tensor:
         """``E[w]``, zero where the layer is pruned."""
         mu = self.weight_loc
         return mu if self.mask is None else mu * self.mask
 
     def kl(self) -> Tensor:
-        """``sum_n KL(N(mu_n, sigma_n^2) || N(0, 1 / E[rho_n]))``.
+        """``sum_n KL(N(mu_n, sigma_n^2) || N(m_n, 1 / p_n))``, exactly:
 
-        The expectation of the KL under ``q(rho)`` differs from this by a term without ``mu`` or
-        ``sigma``; the w-steps need only this part.
+        ``sum_n [p_n (sigma_n^2 + (mu_n - m_n)^2) - 1 - log(p_n sigma_n^2)] / 2``.
+
+        With ``p = E[rho]`` (centralised training) the expectation of the KL against
+        ``N(0, 1 / rho)`` under ``q(rho)`` differs from this by ``(E[log rho] - log E[rho]) / 2``
+        per weight, a term without ``mu`` or ``sigma``. The :attr:`mask` does not enter: a pruned
+        weight keeps its ``q`` and its term.
         """
         rho, mu, log_scale = self.prior_precision, self.weight_loc, self.weight_log_scale
-        # log(rho) and the constant carry no gradient: one fused product on the parameters
+        # mu - 0 is mu bit for bit: a zero-mean prior gives the numbers it always gave
+        diff = mu - self.prior_mean
+        # log(p) and the constant carry no gradient: one fused product on the parameters
         const = 0.5 * (torch.log(rho).sum() + rho.numel())
-        second_moment = torch.exp(2.0 * log_scale) + mu * mu
+        second_moment = torch.exp(2.0 * log_scale) + diff * diff
         return 0.5 * torch.sum(rho * second_moment) - log_scale.sum() - const
 
     def _moments(self) -> tuple[Tensor, Tensor]:
@@ -117,15 +158,19 @@ class SparseBayesLayer(PyroModule):
         """The layer's linear map (``F.linear``, ``F.conv2d``): each subclass defines it."""
         raise TypeError(f"{type(self).__name__} does not define its linear map _op")
 
-    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Pre-activations. ``weight`` (optional) replaces the posterior by a fixed value."""
-        bias = self.bias
+    def forward(
+        self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
+        """Pre-activations. ``weight`` (optional) replaces the posterior by a fixed value and
+        ``bias`` (optional, with ``weight`` only) the layer's bias."""
         if weight is not None:
-            return self._op(x, weight, bias)
+            return self._op(x, weight, self.bias if bias is None else bias)
+        if bias is not None:
+            raise ValueError("a bias override needs a weight override")
         if not self.training or self.deterministic:
-            return self._op(x, self.posterior_mean(), bias)
+            return self._op(x, self.posterior_mean(), self.bias)
         mu, var = self._moments()
-        mean = self._op(x, mu, bias)
+        mean = self._op(x, mu, self.bias)
         std = torch.sqrt(self._op(x * x, var) + _VAR_EPS)
         return torch.addcmul(mean, std, torch.randn_like(mean))
 
@@ -133,7 +178,7 @@ class SparseBayesLayer(PyroModule):
     def add_kl_grad(self, scale: float) -> None:
         """Add ``scale * d KL / d(mu, log sigma)`` to the gradients, in closed form.
 
-        ``dKL/dmu = rho mu`` and ``dKL/dlog sigma = rho sigma^2 - 1``: the same gradients as
+        ``dKL/dmu = p (mu - m)`` and ``dKL/dlog sigma = p sigma^2 - 1``: the same gradients as
         backpropagating ``scale * self.kl()``, without building its graph every step.
         """
         rho, mu, log_scale = self.prior_precision, self.weight_loc, self.weight_log_scale
@@ -141,15 +186,41 @@ class SparseBayesLayer(PyroModule):
             mu.grad = torch.zeros_like(mu)
         if log_scale.grad is None:
             log_scale.grad = torch.zeros_like(log_scale)
-        mu.grad.addcmul_(rho, mu, value=scale)
+        mu.grad.addcmul_(rho, mu - self.prior_mean, value=scale)
         log_scale.grad.add_(torch.exp(2.0 * log_scale).mul_(rho).sub_(1.0), alpha=scale)
 
     @torch.no_grad()
-    def set_prior(self, precision: Tensor, support_probs: Tensor | None = None) -> None:
-        """Set ``E[rho]`` (and ``q(s = 1)``) from the closed-form steps."""
-        self.prior_precision.copy_(precision.reshape(self.weight_loc.shape))
+    def set_prior(
+        self, prior: GaussianMessage | Tensor, support_probs: Tensor | None = None
+    ) -> None:
+        """Set the prior ``N(m, 1 / p)`` of the KL term (and ``q(s = 1)``).
+
+        :param prior: a :class:`~pyro_dturbo.ops.messages.GaussianMessage` (its precision and
+            mean; e.g. a federated client's cavity), or a tensor of precisions ``p`` (the
+            closed-form ``E[rho]`` of centralised training), which sets a zero mean. Either of
+            the weight's shape or its :attr:`matrix_shape`.
+        :param torch.Tensor support_probs: ``q(s = 1)``, if it changes.
+        :raises ValueError: if a message is improper somewhere (non-positive precision).
+        """
+        shape = self.weight_loc.shape
+        if isinstance(prior, GaussianMessage):
+            if not bool(prior.is_proper().all()):
+                raise ValueError("set_prior needs a proper Gaussian (positive, finite precision)")
+            self.prior_precision.copy_(prior.precision.reshape(shape))
+            self.prior_mean.copy_(prior.mean.reshape(shape))
+        else:
+            self.prior_precision.copy_(prior.reshape(shape))
+            self.prior_mean.zero_()
         if support_probs is not None:
-            self.support_probs.copy_(support_probs.reshape(self.weight_loc.shape))
+            self.support_probs.copy_(support_probs.reshape(shape))
+
+    @torch.no_grad()
+    def set_posterior(self, posterior: GaussianMessage) -> None:
+        """Set ``q(w) = N(mu, sigma^2)`` from a (proper) Gaussian message of the weight's shape."""
+        self.weight_loc.copy_(posterior.mean.reshape(self.weight_loc.shape))
+        self.weight_log_scale.copy_(
+            -0.5 * torch.log(posterior.precision).reshape(self.weight_log_scale.shape)
+        )
 
     @torch.no_grad()
     def set_mask(self, mask: Tensor | None) -> None:
@@ -166,8 +237,6 @@ class SparseBayesLinear(SparseBayesLayer):
     :param int in_features: inputs. :param int out_features: outputs (rows of the support).
     :param bool bias: learn a bias (a point estimate).
     :param float init_scale: initial ``sigma``.
-    :param str name: the layer's name in Pyro's param store (its parameters become
-        ``"{name}.bias"`` and so on when the network runs inside a Pyro model).
 
     Example::
 
@@ -187,9 +256,8 @@ class SparseBayesLinear(SparseBayesLayer):
         out_features: int,
         bias: bool = True,
         init_scale: float = 1e-3,
-        name: str = "",
     ):
-        super().__init__(name)
+        super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(
                 f"SparseBayesLinear needs positive sizes, got {in_features} -> {out_features}"
@@ -216,7 +284,6 @@ class SparseBayesConv2d(SparseBayesLayer):
     :param int in_channels: :param int out_channels: :param kernel_size: as ``nn.Conv2d``.
     :param stride: :param padding: :param dilation: as ``nn.Conv2d`` (``groups`` = 1).
     :param bool bias: learn a bias. :param float init_scale: initial ``sigma``.
-    :param str name: the layer's name in Pyro's param store.
     """
 
     def __init__(
@@ -229,9 +296,8 @@ class SparseBayesConv2d(SparseBayesLayer):
         dilation: int | tuple[int, int] = 1,
         bias: bool = True,
         init_scale: float = 1e-3,
-        name: str = "",
     ):
-        super().__init__(name)
+        super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         if min(in_channels, out_channels, kh, kw) < 1:
             raise ValueError("SparseBayesConv2d needs positive channel counts and kernel sizes")
@@ -253,13 +319,11 @@ class SparseBayesConv2d(SparseBayesLayer):
         )
 
 
-def _convert(
-    layer: nn.Module, init_from_weights: bool, init_scale: float, name: str = ""
-) -> SparseBayesLayer:
+def _convert(layer: nn.Module, init_from_weights: bool, init_scale: float) -> SparseBayesLayer:
     new: SparseBayesLayer
     if isinstance(layer, nn.Linear):
         new = SparseBayesLinear(
-            layer.in_features, layer.out_features, layer.bias is not None, init_scale, name
+            layer.in_features, layer.out_features, layer.bias is not None, init_scale
         )
     else:
         assert isinstance(layer, nn.Conv2d)
@@ -276,7 +340,6 @@ def _convert(
             layer.dilation,  # type: ignore[arg-type]
             layer.bias is not None,
             init_scale,
-            name,
         )
     new = new.to(dtype=layer.weight.dtype, device=layer.weight.device)
     if init_from_weights:
@@ -324,8 +387,7 @@ def to_sparse_bayes(
         for child_name, grandchild in list(child.named_children()):
             if isinstance(grandchild, (nn.Linear, nn.Conv2d)):
                 path = f"{name}.{child_name}" if name else child_name
-                # the path names the layer's parameters in Pyro's param store too
-                layer = _convert(grandchild, init_from_weights, init_scale, path)
+                layer = _convert(grandchild, init_from_weights, init_scale)
                 setattr(child, child_name, layer)
                 replaced.append(path)
     if not replaced:
@@ -364,9 +426,11 @@ def network_model(
 
     With ``prior=None`` every weight is ``N(0, weight_scale^2)`` (the Gaussian-prior baseline);
     with a :class:`SparsePrior` each layer has the hierarchical sites ``"{layer}.support"``,
-    ``"{layer}.precision"``, ``"{layer}.weight"``. Biases are the network's own parameters.
-    ``x`` may be a minibatch of a data set of size ``num_data``: the likelihood is scaled by
-    ``num_data / len(x)`` through a subsampled plate.
+    ``"{layer}.precision"``, ``"{layer}.weight"``. Biases are the network's own parameters, seen
+    by Pyro's handlers as param sites ``"{layer}.bias"`` (so :class:`pyro.infer.SVI` trains them)
+    but never written to Pyro's global param store. ``x`` may be a minibatch of a data set of
+    size ``num_data``: the likelihood is scaled by ``num_data / len(x)`` through a subsampled
+    plate. Every tensor follows the network's dtype and device.
 
     :param torch.nn.Module net: a network with sparse Bayesian layers (:func:`to_sparse_bayes`).
     :param torch.Tensor x: inputs. :param torch.Tensor y: integer labels (``None``: sample them).
@@ -377,21 +441,25 @@ def network_model(
     layers = list(sparse_layers(net))
     if not layers:
         raise ValueError("network_model needs a network with sparse Bayesian layers")
-    weights: dict[str, Tensor] = {}
+    overrides: dict[str, dict[str, Tensor]] = {}
     for name, layer in layers:
-        shape = tuple(layer.weight_loc.shape)
+        like = layer.weight_loc
+        shape = tuple(like.shape)
         if prior is None:
-            loc = x.new_zeros(shape)
-            weights[name] = pyro.sample(
-                f"{name}.weight", dist.Normal(loc, weight_scale).to_event(len(shape))
-            )
+            loc = like.new_zeros(shape)
+            scale = like.new_tensor(float(weight_scale))
+            w = pyro.sample(f"{name}.weight", dist.Normal(loc, scale).to_event(len(shape)))
         else:
-            weights[name] = prior.for_layer(name).model(name, shape, marginalize_support)
+            w = prior.for_layer(name).model(name, shape, marginalize_support)
+        # a prior may draw in torch's default dtype; the network computes in its own
+        overrides[name] = {"weight": w.to(dtype=like.dtype, device=like.device)}
+        if layer.bias is not None:
+            overrides[name]["bias"] = _local_param(f"{name}.bias", layer.bias)
     num_data = len(x) if num_data is None else int(num_data)
-    hooks = []
-    for name, layer in layers:
-        w = weights[name]
-        hooks.append(layer.register_forward_pre_hook(_weight_override(w), with_kwargs=True))
+    hooks = [
+        layer.register_forward_pre_hook(_override(overrides[name]), with_kwargs=True)
+        for name, layer in layers
+    ]
     try:
         logits = net(x)
     finally:
@@ -402,8 +470,27 @@ def network_model(
     return logits
 
 
-def _weight_override(weight: Tensor) -> Any:
+def _local_param(name: str, value: nn.Parameter) -> Tensor:
+    """``value`` as the param site ``name`` of a Pyro model, outside Pyro's global param store.
+
+    Handlers see an ordinary param site (a trace records it; :class:`pyro.infer.SVI` finds the
+    parameter through the value's ``unconstrained`` reference, as for ``pyro.param``), but the
+    value is the module's own parameter, so two networks never share one.
+    """
+    view = value.view_as(value)
+    view.unconstrained = weakref.ref(value)  # type: ignore[attr-defined]
+
+    def read(*args: Any, **kwargs: Any) -> Tensor:
+        return view
+
+    site: Tensor = effectful(read, type="param")(
+        name, value, constraint=constraints.real, event_dim=None, name=name
+    )
+    return site
+
+
+def _override(values: dict[str, Tensor]) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return args, {**kwargs, "weight": weight}
+        return args, {**kwargs, **values}
 
     return hook

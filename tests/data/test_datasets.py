@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_dturbo.data import (
-    DATASETS,
-    PARTITION_SCHEMES,
-    ClassificationData,
-    load_dataset,
-    partition,
-    teacher_student,
-)
+from pyro_dturbo.data import DATASETS, load_dataset, teacher_student
 from tests.common import assert_close
+from tests.data.common import assert_well_formed as _assert_well_formed
 
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100")
 TORCHVISION_DIRS = {
@@ -29,16 +23,6 @@ CIFAR_STATS = {  # per-channel mean and deviation of pixels in [0, 1]
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
     "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
 }
-
-
-def _assert_well_formed(data: ClassificationData) -> None:
-    assert data.x_train.dtype == torch.float32 and data.x_test.dtype == torch.float32
-    assert data.y_train.dtype == torch.int64 and data.y_test.dtype == torch.int64
-    assert data.x_train.shape == (len(data.y_train),) + data.input_shape
-    assert data.x_test.shape == (len(data.y_test),) + data.input_shape
-    for y in (data.y_train, data.y_test):
-        assert int(y.min()) >= 0 and int(y.max()) < data.num_classes
-    assert torch.isfinite(data.x_train).all() and torch.isfinite(data.x_test).all()
 
 
 # ---- digits ------------------------------------------------------------------------------
@@ -116,43 +100,6 @@ def test_mnist1d_rejects_unknown_options():
     pytest.importorskip("mnist1d")
     with pytest.raises(TypeError, match="num_samples"):
         load_dataset("mnist1d", num_sample=100)
-
-
-# ---- teacher-student ---------------------------------------------------------------------
-
-
-def test_teacher_support_and_labels_follow_the_teacher():
-    data = teacher_student(num_train=2000, num_test=500, in_features=32, num_classes=4, seed=5)
-    _assert_well_formed(data)
-    assert data.support is not None and data.teacher_weight is not None
-    mask, weight = data.support["fc1"], data.teacher_weight["fc1"]
-    assert mask.dtype == torch.bool and mask.shape == (4, 32)
-    assert mask.any(dim=-1).all()
-    assert torch.equal(weight != 0, mask)
-    assert weight.abs()[mask].min() >= 1.5  # weight_scale / 2
-    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
-        accuracy = float(((x @ weight.T).argmax(dim=-1) == y).double().mean())
-        assert accuracy > 0.6  # chance is about 1/4
-
-
-def test_teacher_rows_never_empty_even_when_sparse():
-    data = teacher_student(num_train=10, num_test=10, in_features=5, num_classes=50, p01=0.01)
-    assert data.support is not None
-    assert data.support["fc1"].any(dim=-1).all()
-
-
-def test_teacher_is_reproducible_and_ignores_default_dtype():
-    a = teacher_student(num_train=50, num_test=20, seed=2)
-    torch.set_default_dtype(torch.float32)
-    try:
-        b = teacher_student(num_train=50, num_test=20, seed=2)
-    finally:
-        torch.set_default_dtype(torch.float64)
-    c = teacher_student(num_train=50, num_test=20, seed=3)
-    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    assert a.support is not None and b.support is not None and c.support is not None
-    assert torch.equal(a.support["fc1"], b.support["fc1"])
-    assert not torch.equal(a.x_train, c.x_train)
 
 
 def test_load_dataset_teacher_passes_options():
@@ -275,82 +222,3 @@ def test_bad_test_fraction_is_rejected(fraction):
 def test_options_a_dataset_does_not_take_are_rejected():
     with pytest.raises(TypeError, match="num_samples"):
         load_dataset("digits", num_samples=10)
-
-
-# ---- partitions --------------------------------------------------------------------------
-
-
-def _balanced_labels(num_classes: int = 10, per_class: int = 50) -> torch.Tensor:
-    return torch.arange(num_classes).repeat_interleave(per_class)[
-        torch.randperm(num_classes * per_class)
-    ]
-
-
-@pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
-def test_partition_is_a_disjoint_cover(scheme):
-    labels = _balanced_labels()
-    parts = partition(labels, 7, scheme, seed=1)
-    assert len(parts) == 7
-    for p in parts:
-        assert p.dtype == torch.int64 and torch.equal(p, p.sort().values) and len(p) > 0
-    assert torch.equal(torch.cat(parts).sort().values, torch.arange(len(labels)))
-
-
-@pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
-def test_partition_depends_on_seed_only(scheme):
-    labels = _balanced_labels()
-    a = partition(labels, 5, scheme, seed=3)
-    b = partition(labels, 5, scheme, seed=3)
-    c = partition(labels, 5, scheme, seed=4)
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
-
-
-def test_iid_partition_is_balanced():
-    sizes = [len(p) for p in partition(torch.zeros(103, dtype=torch.int64), 10)]
-    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == 103
-
-
-def test_shards_give_each_client_few_labels():
-    labels = _balanced_labels(num_classes=10, per_class=20)  # 20 pure shards of 10
-    parts = partition(labels, 10, "shards", shards_per_client=2, seed=0)
-    assert all(len(p) == 20 for p in parts)
-    assert all(len(labels[p].unique()) <= 2 for p in parts)
-    assert len(set().union(*(labels[p].tolist() for p in parts))) == 10
-
-
-def _mean_max_class_fraction(labels, parts):
-    return sum(float(labels[p].bincount().max()) / len(p) for p in parts) / len(parts)
-
-
-def test_dirichlet_small_alpha_is_more_skewed():
-    labels = _balanced_labels(num_classes=10, per_class=100)
-    skewed = partition(labels, 10, "dirichlet", alpha=0.1, seed=0)
-    even = partition(labels, 10, "dirichlet", alpha=100.0, seed=0)
-    assert _mean_max_class_fraction(labels, skewed) > 0.4
-    assert _mean_max_class_fraction(labels, even) < 0.2
-
-
-def test_dirichlet_respects_min_size_or_says_so():
-    labels = _balanced_labels(num_classes=10, per_class=20)
-    parts = partition(labels, 10, "dirichlet", alpha=0.3, min_size=10, seed=0)
-    assert min(len(p) for p in parts) >= 10
-    with pytest.raises(ValueError, match="min_size"):
-        partition(labels, 10, "dirichlet", alpha=0.01, min_size=19, seed=0)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"num_clients": 0}, "num_clients"),
-        ({"num_clients": 101}, "num_clients"),
-        ({"num_clients": 2, "scheme": "powerlaw"}, "iid, dirichlet, shards"),
-        ({"num_clients": 2, "scheme": "dirichlet", "alpha": 0.0}, "alpha"),
-        ({"num_clients": 2, "scheme": "dirichlet", "alpha": -1.0}, "alpha"),
-        ({"num_clients": 2, "scheme": "shards", "shards_per_client": 0}, "shards_per_client"),
-        ({"num_clients": 60, "scheme": "shards", "shards_per_client": 2}, "shards"),
-    ],
-)
-def test_partition_rejects_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        partition(torch.arange(100) % 10, **kwargs)

@@ -59,8 +59,7 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_uniform
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_dturbo.ops.chain import chain_log_init, chain_log_transition
-from pyro_dturbo.models.prior import SparsePrior, require_summable_support
+from pyro_dturbo.models.prior import MarginalPrecision, SparsePrior, require_summable_support
 from pyro_dturbo.models.regression import (
     LAYER,
     NOISE_PRIOR,
@@ -69,6 +68,7 @@ from pyro_dturbo.models.regression import (
     sparse_regression_model,
 )
 from pyro_dturbo.models.support import IndependentSupport, MarkovChainSupport, SupportStructure
+from pyro_dturbo.ops.chain import chain_log_init, chain_log_transition
 
 __all__ = [
     "SVIResult",
@@ -95,11 +95,20 @@ _MAX_EVIDENCE = 50.0
 # -- shared helpers -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and ``random`` for a run and give the caller's RNG states back after."""
+    """Seed the global RNGs for a run and give the caller their states back after.
+
+    Pyro's MCMC and SVI draw from the global generators (torch's, with ``random`` and numpy's
+    for Pyro's own choices), and so do the draws made here around them; the run seeds them all
+    (:func:`pyro.set_rng_seed`, which seeds every CUDA device too) and restores the CPU states
+    (:func:`pyro.util.get_rng_state`) and the CUDA ones (:func:`torch.random.fork_rng`)
+    afterwards, so a run neither depends on nor moves the caller's random streams.
+    """
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     state = pyro.util.get_rng_state()
     try:
-        pyro.set_rng_seed(seed)
-        yield
+        with torch.random.fork_rng(devices=cuda):
+            pyro.set_rng_seed(seed)
+            yield
     finally:
         pyro.util.set_rng_state(state)
 
@@ -136,13 +145,8 @@ def _check_inputs(
     prior = prior if prior is not None else default_regression_prior()
     if not isinstance(prior, SparsePrior):
         raise ValueError(f"prior must be a SparsePrior, got {type(prior)}")
-    support = prior.for_layer(LAYER).support
-    if not isinstance(support, MarkovChainSupport | IndependentSupport):
-        raise ValueError(
-            f"the SVI / NUTS baselines sum the support out exactly, which {type(support).__name__}"
-            " does not allow (an MRF has no exact sum); use a MarkovChainSupport or "
-            "IndependentSupport prior, or Turbo-VBI"
-        )
+    # an MRF support has no exact sum: the SVI / NUTS baselines refuse it (Turbo-VBI takes it)
+    require_summable_support(prior.for_layer(LAYER).support)
     if noise_precision is not None and not noise_precision > 0:
         raise ValueError(f"noise_precision must be positive, got {noise_precision}")
     if num_threads is not None and num_threads < 1:
@@ -153,9 +157,9 @@ def _check_inputs(
 def _noise(X: Tensor, noise_precision: float | None) -> Tensor:
     """The noise precision site of :func:`sparse_regression_model`, or its fixed value."""
     if noise_precision is None:
-        shape, rate = (torch.tensor(v, dtype=X.dtype) for v in NOISE_PRIOR)
+        shape, rate = (torch.tensor(v, dtype=X.dtype, device=X.device) for v in NOISE_PRIOR)
         return pyro.sample(NOISE, dist.Gamma(shape, rate))
-    return torch.tensor(float(noise_precision), dtype=X.dtype)
+    return torch.tensor(float(noise_precision), dtype=X.dtype, device=X.device)
 
 
 def _support_probs(evidence: Tensor, support: SupportStructure) -> Tensor:
@@ -167,13 +171,20 @@ def _support_probs(evidence: Tensor, support: SupportStructure) -> Tensor:
     return probs.reshape(evidence.shape)
 
 
+def _gamma_pairs(
+    active: tuple[float, float], inactive: tuple[float, float], like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Shapes and rates ``[inactive, active]`` of two precision laws, as tensors like ``like``."""
+    kw: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+    concentration = torch.tensor([inactive[0], active[0]], **kw)
+    rate = torch.tensor([inactive[1], active[1]], **kw)
+    return concentration, rate
+
+
 def _gamma_laws(prior: SparsePrior, like: Tensor) -> tuple[Tensor, Tensor]:
     """Shapes and rates ``[inactive, active]`` of the precision laws of the regression layer."""
     layer = prior.for_layer(LAYER)
-    kw: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
-    concentration = torch.tensor([layer.inactive[0], layer.active[0]], **kw)
-    rate = torch.tensor([layer.inactive[1], layer.active[1]], **kw)
-    return concentration, rate
+    return _gamma_pairs(layer.active, layer.inactive, like)
 
 
 def support_probs_given_precision(precision: Tensor, prior: SparsePrior) -> Tensor:
@@ -218,10 +229,14 @@ class MarginalWeight(TorchDistribution):
     with ``2a`` degrees of freedom and scale ``sqrt(b/a)``; the sum over supports is exact: an HMM
     with Student-t emissions for a :class:`~pyro_dturbo.models.support.MarkovChainSupport`
     (Pyro's :class:`~pyro.distributions.DiscreteHMM`), a two-component mixture per weight for an
-    :class:`~pyro_dturbo.models.support.IndependentSupport`. For a vector of weights.
+    :class:`~pyro_dturbo.models.support.IndependentSupport`. For a vector of weights. It is
+    :class:`~pyro_dturbo.models.prior.MarginalPrecision` (which checks the support and draws
+    ``rho``) followed by the Normal, with ``rho`` summed out of the density.
 
     :param SupportStructure support: a chain or independent support bound to shape ``(N,)``.
     :param active: ``(a, b)``; :param inactive: ``(abar, bbar)``.
+    :param torch.dtype dtype: the dtype of draws (default: torch's default dtype); densities
+        follow the value they are evaluated at. :param device: the device of draws.
 
     Example::
 
@@ -239,28 +254,29 @@ class MarginalWeight(TorchDistribution):
         active: tuple[float, float],
         inactive: tuple[float, float],
         validate_args: bool | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ):
-        require_summable_support(support)
+        self.precision_dist = MarginalPrecision(support, active, inactive)
         if len(support.event_shape) != 1:
             raise ValueError(
                 "MarginalWeight is for weight vectors, got support shape "
                 f"{tuple(support.event_shape)}"
             )
         self.support_dist = support
-        self.active, self.inactive = tuple(active), tuple(inactive)
+        self.active, self.inactive = self.precision_dist.active, self.precision_dist.inactive
+        self._like = torch.empty((), dtype=dtype, device=device)
         super().__init__(torch.Size(), support.event_shape, validate_args=False)
 
     def _emissions(self, like: Tensor) -> dist.StudentT:
-        concentration = like.new_tensor([self.inactive[0], self.active[0]])
-        return _student_t(concentration, like.new_tensor([self.inactive[1], self.active[1]]))
+        return _student_t(*_gamma_pairs(self.active, self.inactive, like))
 
     def sample(
         self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()
     ) -> Tensor:
-        s = self.support_dist.sample(torch.Size(sample_shape))
-        concentration = torch.where(s > 0.5, self.active[0], self.inactive[0])
-        rate = torch.where(s > 0.5, self.active[1], self.inactive[1])
-        return dist.Normal(0.0, dist.Gamma(concentration, rate).sample().rsqrt()).sample()
+        rho = self.precision_dist.sample(torch.Size(sample_shape)).to(self._like)
+        return dist.Normal(torch.zeros_like(rho), rho.rsqrt()).sample()
 
     def log_prob(self, value: Tensor) -> Tensor:
         emissions = self._emissions(value)
@@ -296,7 +312,8 @@ def weight_marginal_model(
     prior = prior if prior is not None else default_regression_prior()
     layer = prior.for_layer(LAYER)
     support = layer.support.with_shape((X.shape[1],))
-    w = pyro.sample(WEIGHT, MarginalWeight(support, layer.active, layer.inactive))
+    marginal = MarginalWeight(support, layer.active, layer.inactive, dtype=X.dtype, device=X.device)
+    w = pyro.sample(WEIGHT, marginal)
     beta = _noise(X, noise_precision)
     # ``w @ X.T`` and a trailing dim on ``beta`` keep the model vectorisable over draws, as
     # ``Predictive(parallel=True)`` and ``arviz.from_pyro`` (pointwise log-likelihoods) need.
@@ -343,7 +360,8 @@ class _ResultMixin:
         if NOISE in self.samples:
             return self.samples[NOISE].mean(0)
         assert self.fixed_noise_precision is not None
-        return torch.tensor(self.fixed_noise_precision, dtype=self.samples[WEIGHT].dtype)
+        like = self.samples[WEIGHT]
+        return torch.tensor(self.fixed_noise_precision, dtype=like.dtype, device=like.device)
 
 
 # -- SVI ------------------------------------------------------------------------------------------
@@ -388,7 +406,7 @@ def _svi_init(
     layer = prior.for_layer(LAYER)
     rho0 = math.sqrt(layer.active[0] / layer.active[1] * layer.inactive[0] / layer.inactive[1])
     beta = noise_precision if noise_precision is not None else NOISE_PRIOR[0] / NOISE_PRIOR[1]
-    precision = beta * X.T @ X + rho0 * torch.eye(X.shape[1], dtype=X.dtype)
+    precision = beta * X.T @ X + rho0 * torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
     weight = torch.linalg.solve(precision, beta * X.T @ y)
     return init_to_value(
         values={PRECISION: torch.full_like(weight, rho0), WEIGHT: weight},
@@ -542,8 +560,9 @@ def _sequential_mcmc(kernel: NUTS, num_chains: int, **kwargs: Any) -> MCMC:
     return mcmc
 
 
-def _inactive_init(prior: SparsePrior) -> Callable[..., Any]:
-    """Random starts on the inactive side: ``rho`` near the inactive mean, ``w`` near zero."""
+def _inactive_init(prior: SparsePrior, like: Tensor) -> Callable[..., Any]:
+    """Random starts on the inactive side: ``rho`` near the inactive mean, ``w`` near zero
+    (in ``like``'s dtype and device)."""
     layer = prior.for_layer(LAYER)
     rho_mean = layer.inactive[0] / layer.inactive[1]
     w_scale = math.sqrt(layer.inactive_variance)
@@ -552,10 +571,11 @@ def _inactive_init(prior: SparsePrior) -> Callable[..., Any]:
         if site is None:
             return init
         shape = site["fn"].event_shape
+        kw: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         if site["name"] == PRECISION:
-            return rho_mean * torch.exp(2 * torch.rand(shape) - 1)
+            return rho_mean * torch.exp(2 * torch.rand(shape, **kw) - 1)
         if site["name"] == WEIGHT:
-            return w_scale * (2 * torch.rand(shape) - 1)
+            return w_scale * (2 * torch.rand(shape, **kw) - 1)
         return init_to_uniform(site)
 
     return init
@@ -637,7 +657,7 @@ def run_mcmc(
         model = _bind(
             sparse_regression_model, X, y, prior, noise_precision, marginalize_support=True
         )
-        init = _inactive_init(prior)
+        init = _inactive_init(prior, X)
     kernel = NUTS(
         model,
         max_tree_depth=max_tree_depth,

@@ -62,8 +62,11 @@ def _dims(name: str, shape: Sequence[int]) -> list[str]:
 
 
 def _turbo_draws(result: Any, num_samples: int, seed: int) -> dict[str, Tensor]:
+    """``num_samples`` draws from the Turbo-VBI posterior, seeded without moving the caller's
+    random streams (the draws are made where the posterior lives)."""
     guide = result.guide()
-    with torch.random.fork_rng(devices=[]):
+    device = torch.as_tensor(result.mean).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         draws = guide.sample_posterior(num_samples)
     return {k: v.unsqueeze(0) for k, v in draws.items()}
@@ -78,13 +81,13 @@ def _log_likelihood(
         beta = draws["noise_precision"].to(X.dtype).unsqueeze(-1)
     else:
         assert fixed_noise is not None
-        beta = torch.tensor(fixed_noise, dtype=X.dtype)
+        beta = torch.tensor(fixed_noise, dtype=X.dtype, device=X.device)
     return dist.Normal(w @ X.T, beta.rsqrt()).log_prob(y)
 
 
 def _from_dict(groups: dict[str, dict[str, np.ndarray]], **kwargs: Any) -> Any:
     from_dict: Any = az.from_dict
-    if _ARVIZ_1:  # pragma: no cover - ArviZ 1.x needs Python >= 3.12 (DESIGN.md section 9)
+    if _ARVIZ_1:  # pragma: no cover - ArviZ 1.x needs Python >= 3.12
         return from_dict(groups, **kwargs)  # one mapping {group: {variable: array}}
     return from_dict(**groups, **kwargs)  # 0.x: one keyword per group
 

@@ -3,7 +3,8 @@
 For every layer ``L`` of the model it provides ``q(L.support) = prod Bernoulli(q_n)``,
 ``q(L.precision) = prod Gamma(at_n, bt_n)`` and ``q(L.weight) = prod Normal(mu_n, sigma_n)``,
 plus ``q(noise_precision) = Gamma`` where the model learns the noise. It works with
-:class:`pyro.infer.Predictive` and ``Trace_ELBO().loss(model, guide)``.
+:class:`pyro.infer.Predictive` and ``Trace_ELBO().loss(model, guide)``, in the dtype and on the
+device of the posterior it is given (float32 or float64; no global default dtype is needed).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class TurboGuide(PyroModule):
             d = self._dist(site)
             base = d.base_dist if isinstance(d, dist.Independent) else d
             shape = base.batch_shape
-            q = qs.reshape((-1,) + (1,) * len(shape)).to(self._dtype())
+            q = qs.reshape((-1,) + (1,) * len(shape)).to(**self._like())
             if isinstance(base, dist.Normal):
                 value = base.icdf(q)
             elif isinstance(base, dist.Bernoulli):
@@ -153,7 +154,7 @@ class TurboGuide(PyroModule):
                         torch.as_tensor(scipy.stats.gamma.ppf(float(qi), conc, scale=1 / rate))
                         for qi in qs
                     ]
-                ).to(q.dtype)
+                ).to(q)
             out[site] = value[0] if len(qs) == 1 else value
         return out
 
@@ -171,6 +172,7 @@ class TurboGuide(PyroModule):
         ]
         return sites + (["noise_precision"] if self._noise is not None else [])
 
-    def _dtype(self) -> torch.dtype:
-        first = next(iter(self._layers.values()))
-        return first["weight_loc"].dtype
+    def _like(self) -> dict[str, Any]:
+        """The posterior's dtype and device, as keyword arguments of ``Tensor.to``."""
+        first = next(iter(self._layers.values()))["weight_loc"]
+        return {"dtype": first.dtype, "device": first.device}

@@ -7,6 +7,8 @@ Sites: ``"linear.support"``, ``"linear.precision"``, ``"linear.weight"``,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -83,7 +85,8 @@ def sparse_regression_model(
         (site ``"noise_precision"``).
     :param bool marginalize_support: sum the supports out exactly (chain / independent
         supports), as the SVI and NUTS baselines need.
-    :returns: the observations.
+    :returns: the observations (in ``X``'s dtype and device, as every tensor of the model: no
+        global default dtype is needed).
 
     Example::
 
@@ -95,18 +98,19 @@ def sparse_regression_model(
     X, y = check_regression_data(X, y)
     prior = prior if prior is not None else default_regression_prior()
     w = prior.model(LAYER, (X.shape[1],), marginalize_support=marginalize_support)
+    # every tensor follows the data: a prior may draw in torch's default dtype (a guide's value,
+    # replayed at the site, is used as it is)
+    w = w.to(dtype=X.dtype, device=X.device)
+    kw: dict[str, Any] = {"dtype": X.dtype, "device": X.device}
     if noise_precision is None:
         beta = pyro.sample(
             "noise_precision",
-            dist.Gamma(
-                torch.tensor(NOISE_PRIOR[0], dtype=X.dtype),
-                torch.tensor(NOISE_PRIOR[1], dtype=X.dtype),
-            ),
+            dist.Gamma(torch.tensor(NOISE_PRIOR[0], **kw), torch.tensor(NOISE_PRIOR[1], **kw)),
         )
     else:
         if not noise_precision > 0:
             raise ValueError(f"noise_precision must be positive, got {noise_precision}")
-        beta = torch.tensor(float(noise_precision), dtype=X.dtype)
+        beta = torch.tensor(float(noise_precision), **kw)
     # w @ X.T and a trailing dim on beta keep the model vectorisable over draws
     # (Predictive(parallel=True), arviz.from_pyro's pointwise log-likelihoods).
     return pyro.sample("obs", dist.Normal(w @ X.T, beta.rsqrt().unsqueeze(-1)).to_event(1), obs=y)

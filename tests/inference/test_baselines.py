@@ -279,3 +279,42 @@ def test_svi_lowrank_guide_runs(clustered):
     assert result.samples["noise_precision"].shape == (50,)
     assert torch.isfinite(result.support_probs).all()
     assert sum(result.losses[-20:]) < sum(result.losses[:20])
+
+
+# -- dtypes: no global default dtype is needed ------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("collapse", ["precision", "support"])
+def test_mcmc_runs_in_the_data_dtype(dtype, collapse, torch_default_dtype):
+    X, y, *_ = clustered_problem(N=6, M=12)
+    X, y = X.to(dtype), y.to(dtype)
+    result = run_mcmc(
+        X, y, chain_prior(), num_samples=4, warmup_steps=4, max_tree_depth=3, collapse=collapse
+    )
+    for site in ("linear.weight", "linear.precision", "noise_precision", "linear.support_probs"):
+        assert result.samples[site].dtype == dtype, site
+    assert torch.isfinite(result.support_probs).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_svi_runs_in_the_data_dtype(dtype, torch_default_dtype):
+    X, y, *_ = clustered_problem(N=6, M=12)
+    X, y = X.to(dtype), y.to(dtype)
+    result = run_svi(X, y, chain_prior(), num_steps=5, num_samples=3)
+    for site in ("linear.weight", "linear.precision", "noise_precision", "linear.support_probs"):
+        assert result.samples[site].dtype == dtype, site
+    assert all(math.isfinite(loss) for loss in result.losses)
+    fixed = run_svi(X, y, chain_prior(), noise_precision=100.0, num_steps=2, num_samples=2)
+    assert fixed.noise_precision.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_marginal_weight_draws_in_its_dtype(dtype, torch_default_dtype):
+    support = MarkovChainSupport(0.1, 0.3, shape=(5,))
+    d = MarginalWeight(support, ACTIVE, INACTIVE, dtype=dtype)
+    assert d.sample().dtype == dtype
+    assert d.sample((3,)).shape == (3, 5)
+    assert d.log_prob(torch.zeros(5, dtype=dtype)).dtype == dtype
+    with pytest.raises(ValueError, match="GridMRFSupport"):
+        MarginalWeight(GridMRFSupport(0.1, 0.3, shape=(2, 3)), ACTIVE, INACTIVE)
+    with pytest.raises(ValueError, match="vectors"):
+        MarginalWeight(MarkovChainSupport(0.1, 0.3, shape=(2, 3)), ACTIVE, INACTIVE)

@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pytest
 import torch
@@ -68,3 +70,19 @@ def test_guide_errors():
         guide()
     with pytest.raises(ValueError, match="lacks"):
         guide.set_posterior({"linear": {"support_probs": one}})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guide_of_a_fit_runs_in_the_data_dtype(dtype, torch_default_dtype):
+    """No global default dtype is needed: Predictive and the ELBO run on float32 and float64."""
+    p = clustered_sparse_regression(16, 12, seed=0)
+    fitted = fit_sparse_regression(p.X.to(dtype), p.y.to(dtype))
+    guide = fitted.guide()
+    samples = pyro.infer.Predictive(fitted.model, guide=guide, num_samples=3)()
+    assert samples["obs"].shape == (3, 16)
+    for site in ("linear.support", "linear.precision", "linear.weight", "noise_precision", "obs"):
+        assert samples[site].dtype == dtype, site
+    loss = pyro.infer.Trace_ELBO(num_particles=2).loss(fitted.model, guide)
+    assert math.isfinite(loss)
+    q = guide.quantiles([0.1, 0.9])
+    assert q["linear.precision"].dtype == q["linear.weight"].dtype == dtype

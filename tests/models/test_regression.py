@@ -52,3 +52,18 @@ def test_predictive_runs():
 def test_bad_data_raise(X, y, match):
     with pytest.raises(ValueError, match=match):
         sparse_regression_model(X, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("marginalize_support", [False, True])
+def test_model_follows_the_data_dtype(dtype, marginalize_support, torch_default_dtype):
+    """No global default dtype is needed: every site is in X's dtype."""
+    X = torch.randn(6, 5, dtype=dtype)
+    trace = pyro.poutine.trace(sparse_regression_model).get_trace(
+        X, marginalize_support=marginalize_support
+    )
+    assert trace.nodes["obs"]["value"].dtype == dtype
+    assert trace.nodes["noise_precision"]["value"].dtype == dtype
+    assert torch.isfinite(trace.log_prob_sum())
+    samples = pyro.infer.Predictive(sparse_regression_model, num_samples=3)(X, noise_precision=10.0)
+    assert samples["obs"].dtype == dtype

@@ -27,10 +27,11 @@ References
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from pyro_dturbo.ops.messages import BernoulliMessage, GaussianMessage
 from pyro_dturbo.ops.vb import cavity_evidence, site_from_marginal, update_precision
 
 __all__ = [
+    "NetworkConfig",
     "NetworkModuleA",
     "NetworkResult",
     "fit_network",
@@ -92,36 +94,155 @@ def evaluate_accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 40
     return correct / len(x)
 
 
+_CONFIG_CHOICES = {
+    "weight_prior": ("mean_field", "log_mixture"),
+    "finetune": ("map", "vb"),
+    "evidence": ("curvature", "marginal"),
+}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """How a network is trained by Turbo-VBI: one place for every setting.
+
+    :param int epochs: passes over the data, fine-tuning included.
+    :param int batch_size: minibatch size ``B``.
+    :param float lr: Adam learning rate for ``mu`` and the biases.
+    :param int steps_per_iter: gradient steps per turbo iteration (``None``: one epoch).
+    :param float kl_weight: weight of the KL term (1 is the ELBO).
+    :param float init_precision: ``E[rho]`` before the first closed-form step (the authors'
+        demo: prior variance 1, so the weights learn before the prior prunes them).
+    :param float scale_lr: learning-rate multiplier for ``log sigma``.
+    :param str weight_prior: the prior precision of the w-steps' KL: ``"mean_field"`` is
+        ``E_q[rho]``; ``"log_mixture"`` is ``exp(q log(1/v1) + (1-q) log(1/v0))``, which depends
+        on ``q(s)`` only and shrinks the weights the support calls inactive harder.
+    :param str finetune: how ``q(w)`` trains once the support is frozen: ``"map"`` steps on
+        the pruned posterior mean itself, ``"vb"`` keeps the reparameterised steps.
+    :param str evidence: how the data's site on each weight is read for the A -> B message:
+        ``"curvature"`` from the data term's gradients during the steps (the precision is
+        ``2 dE/d sigma^2``, the mean from ``dE/d mu``: no prior enters it), ``"marginal"`` as
+        ``q(w) / prior`` (``1/sigma^2 - E[rho]``), which lags a changed prior by an iteration
+        because ``sigma`` has not reached its new fixed point. On the digits MLP
+        (3 seeds) ``"curvature"`` cuts that echo about tenfold but its gradient noise biases
+        ``L`` towards "active" (density 0.67-0.75 against 0.03), so ``"marginal"`` is the
+        default; see ``docs/algorithm.md``.
+    :param int warmup_epochs: epochs of w-steps under ``E[rho] = init_precision`` first.
+    :param int finetune_epochs: the last epochs: the support is frozen at ``q(s) > 0.5``,
+        pruned weights are masked out and only ``q(w)`` trains.
+    :param float damping: weight of the previous support message in Module B, ``[0, 1)``.
+    :param bool demo_constants: the authors' demo's ``+1, E[w^2]`` precision update.
+    :param int seed: seeds the data order and the reparameterisation noise.
+    :raises ValueError: naming the field, on a bad value.
+
+    Example::
+
+        >>> config = NetworkConfig(epochs=80, warmup_epochs=3, finetune_epochs=30)
+        >>> result = fit_network(net, x, y, prior, config)
+        >>> result = fit_network(net, x, y, prior, config, lr=1e-2)   # one field changed
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    steps_per_iter: int | None = None
+    kl_weight: float = 1.0
+    init_precision: float = 1.0
+    scale_lr: float = 10.0
+    weight_prior: str = "mean_field"
+    finetune: str = "map"
+    evidence: str = "marginal"
+    warmup_epochs: int = 0
+    finetune_epochs: int = 0
+    damping: float = 0.0
+    demo_constants: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, choices in _CONFIG_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"NetworkConfig.{name} must be one of {list(choices)}, got "
+                    f"{getattr(self, name)!r}"
+                )
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "steps_per_iter": self.steps_per_iter is None or self.steps_per_iter >= 1,
+            "kl_weight": self.kl_weight >= 0,
+            "init_precision": self.init_precision > 0,
+            "scale_lr": self.scale_lr > 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "finetune_epochs": 0 <= self.finetune_epochs < self.epochs,
+            "damping": 0.0 <= self.damping < 1.0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"NetworkConfig.{name} is out of range: {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> NetworkConfig:
+        """A copy with some fields changed; an unknown field is a ``ValueError`` naming it."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"NetworkConfig has no field(s) {unknown}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> NetworkConfig:
+        """Build from a mapping (the inverse of :meth:`to_dict`), checking every field."""
+        return cls().replace(**dict(spec))
+
+
+class _DataTermSums:
+    """Running sums of the data term's gradients over the steps of one iteration.
+
+    The data's site on each weight is read off them (:meth:`NetworkModuleA.data_site`):
+    ``sum dE/dmu``, ``sum dE/d log sigma / sigma^2`` and ``sum mu``, each per step, where ``E``
+    is the minibatch mean of the negative log-likelihood (scaled to the data set at the end).
+    """
+
+    def __init__(self, layer: SparseBayesLayer):
+        zeros = torch.zeros_like(layer.weight_loc)
+        self.grad_mu, self.grad_var, self.mu = zeros.clone(), zeros.clone(), zeros.clone()
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, layer: SparseBayesLayer) -> None:
+        mu, log_scale = layer.weight_loc, layer.weight_log_scale
+        if mu.grad is None or log_scale.grad is None:
+            return
+        self.grad_mu.add_(mu.grad)
+        # dE/d sigma^2 = dE/d log sigma / (2 sigma^2)
+        self.grad_var.addcdiv_(log_scale.grad, torch.exp(2.0 * log_scale), value=0.5)
+        self.mu.add_(mu)
+        self.count += 1
+
+    def site(self, num_data: int) -> GaussianMessage:
+        """``h = 2 N <dE/d sigma^2>``, ``eta = h <mu> - N <dE/d mu>`` (floored precision)."""
+        scale = num_data / self.count
+        precision = 2.0 * scale * self.grad_var
+        eta = precision * (self.mu / self.count) - scale * self.grad_mu
+        return GaussianMessage(precision, eta).with_precision_floor()
+
+
 class NetworkModuleA:
     """Module A for a classification network with sparse Bayesian layers.
 
-    :param torch.nn.Module net: the network (see :func:`~pyro_dturbo.models.to_sparse_bayes`);
-        it is trained in place.
+    One update runs ``steps_per_iter`` minibatch Adam steps on the negative ELBO per datum,
+    the KL term's gradient added in closed form, then for every layer the data's Gaussian site
+    on each weight, the **extrinsic** evidence ``L`` about its support, and the closed-form
+    ``q(s)``, ``q(rho)``. The network is trained in place, but :meth:`update` never changes the
+    ``params`` it is given: the network, the optimiser, the data order and the random
+    generators are loaded from them and a new snapshot is returned, so one state can be resumed
+    any number of times with the same result.
+
+    :param torch.nn.Module net: the network (see :func:`~pyro_dturbo.models.to_sparse_bayes`).
     :param SparsePrior prior: the prior (per-layer overrides by layer name).
     :param torch.Tensor x: training inputs. :param torch.Tensor y: integer labels.
-    :param int batch_size: minibatch size ``B``.
-    :param float lr: Adam learning rate for ``mu``, ``log sigma`` and the biases.
-    :param int steps_per_iter: gradient steps per turbo iteration (default: one epoch).
-    :param float kl_weight: weight of the KL term (1 is the ELBO).
-    :param float init_precision: ``E[rho]`` before the first closed-form step (the reference
-        demo: prior variance 1, so the weights learn before the prior prunes them).
-    :param int warmup_iters: iterations of w-steps before the first closed-form step.
-    :param bool demo_constants: the reference demo's ``+1, E[w^2]`` precision update.
-    :param float scale_lr: learning-rate multiplier for ``log sigma``: the variances must
-        settle within a few epochs, because the cavity evidence reads the data precision off
-        them (``1/sigma^2 - E[rho]``).
-    :param str weight_prior: the prior precision of the w-steps' KL. ``"mean_field"`` is
-        ``E_q[rho]`` from ``q(rho)`` (default, DESIGN section 4); ``"log_mixture"`` is
-        ``exp(q log(1/v1) + (1-q) log(1/v0))``, which depends on ``q(s)`` only and shrinks the
-        weights the support calls inactive harder. On the digits MLP
-        (``benchmarks/compress.py``, 3 seeds) it prunes more neurons and loses more accuracy;
-        on the teacher-student problem it activates too much. Kept as a measured option.
-    :param str finetune: how ``q(w)`` trains once the support is frozen: ``"map"`` (default)
-        steps on the pruned posterior mean itself, without reparameterisation noise, under the
-        same prior precisions (the exported model is that mean); ``"vb"`` keeps the
-        local-reparameterisation steps. On the digits MLP ``"map"`` lost 1.1 / 1.7 / 0.8 points
-        against ``"vb"``'s 2.5 / 2.0 / 1.1 on seeds 0 / 1 / 2, on the same supports.
-    :param int seed: seeds data order and the reparameterisation noise.
+    :param NetworkConfig config: the settings (default: ``NetworkConfig()``).
     """
 
     def __init__(
@@ -130,27 +251,12 @@ class NetworkModuleA:
         prior: SparsePrior,
         x: Tensor,
         y: Tensor,
-        *,
-        batch_size: int = 128,
-        lr: float = 3e-3,
-        steps_per_iter: int | None = None,
-        kl_weight: float = 1.0,
-        init_precision: float = 1.0,
-        warmup_iters: int = 0,
-        demo_constants: bool = False,
-        scale_lr: float = 10.0,
-        weight_prior: str = "mean_field",
-        finetune: str = "map",
-        seed: int = 0,
+        config: NetworkConfig | None = None,
     ):
-        if finetune not in ("map", "vb"):
-            raise ValueError(f"finetune must be 'map' or 'vb', got {finetune!r}")
-        self.finetune = finetune
-        if weight_prior not in ("log_mixture", "mean_field"):
-            raise ValueError(
-                f"weight_prior must be 'log_mixture' or 'mean_field', got {weight_prior!r}"
-            )
-        self.weight_prior = weight_prior
+        config = config if config is not None else NetworkConfig()
+        if not isinstance(config, NetworkConfig):
+            raise ValueError(f"config must be a NetworkConfig, got {type(config).__name__}")
+        self.config = config
         _check_classification(x, y, "NetworkModuleA")
         self.layers: dict[str, SparseBayesLayer] = dict(sparse_layers(net))
         if not self.layers:
@@ -158,37 +264,29 @@ class NetworkModuleA:
                 "the network has no sparse Bayesian layer: convert it with to_sparse_bayes()"
             )
         prior.check_layer_names(list(self.layers))
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not kl_weight >= 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
-        if not init_precision > 0:
-            raise ValueError(f"init_precision must be positive, got {init_precision}")
         self.net, self.prior = net, prior
         self.device = next(net.parameters()).device
         self.x, self.y = x.to(self.device), y.to(self.device).long()
         self.num_data = len(y)
-        self.batch_size = min(int(batch_size), self.num_data)
+        self.batch_size = min(int(config.batch_size), self.num_data)
         self.steps_per_epoch = math.ceil(self.num_data / self.batch_size)
-        self.steps_per_iter = int(steps_per_iter or self.steps_per_epoch)
-        self.kl_weight = float(kl_weight)
-        self.init_precision = float(init_precision)
-        self.warmup_iters = int(warmup_iters)
-        self.demo_constants = demo_constants
-        self.seed = int(seed)
+        self.steps_per_iter = int(config.steps_per_iter or self.steps_per_epoch)
+        iters_per_epoch = self.steps_per_epoch / self.steps_per_iter
+        self.warmup_iters = round(config.warmup_epochs * iters_per_epoch)
+        self.total_iters = max(1, round(config.epochs * iters_per_epoch))
         # iteration after which the support is frozen and masks applied (fine-tuning)
         self.freeze_after: int | None = None
+        if config.finetune_epochs > 0:
+            self.freeze_after = self.total_iters - round(config.finetune_epochs * iters_per_epoch)
         scales: list[nn.Parameter] = []
         others: list[nn.Parameter] = []
         for pname, param in net.named_parameters():
             (scales if pname.endswith("weight_log_scale") else others).append(param)
         groups: list[dict[str, Any]] = [
             {"params": others},
-            {"params": scales, "lr": lr * scale_lr},
+            {"params": scales, "lr": config.lr * config.scale_lr},
         ]
-        self.optimizer = torch.optim.Adam(groups, lr=lr, foreach=True)
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, foreach=True)
 
     # -- the protocol ----------------------------------------------------------------------
     @property
@@ -203,20 +301,18 @@ class NetworkModuleA:
         with torch.no_grad():
             for name, layer in self.layers.items():
                 layer.set_prior(
-                    torch.full_like(layer.weight_loc, self.init_precision),
+                    torch.full_like(layer.weight_loc, self.config.init_precision),
                     prior[name].probs.to(layer.weight_loc),
                 )
-        gen = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(self.seed)
-            rng = self._rng_state()
+        order = torch.Generator().manual_seed(self.config.seed)
+        noise = torch.Generator(device=self.device).manual_seed(self.config.seed)
         return self._snapshot(
             data={
-                "generator": gen.get_state(),
-                "perm": torch.randperm(self.num_data, generator=gen).to(self.device),
+                "generator": order.get_state(),
+                "perm": torch.randperm(self.num_data, generator=order).to(self.device),
                 "pos": 0,
             },
-            rng=rng,
+            noise=noise.get_state(),
             iteration=0,
             evidence={
                 name: torch.zeros(shape, dtype=self.x.dtype, device=self.device)
@@ -228,27 +324,33 @@ class NetworkModuleA:
     def update(
         self, params: dict[str, Any], prior: dict[str, BernoulliMessage]
     ) -> tuple[dict[str, Any], dict[str, BernoulliMessage], dict[str, float]]:
-        """``steps_per_iter`` w-steps, then the closed-form ``q(s)``, ``q(rho)`` for all layers."""
+        """``steps_per_iter`` w-steps, then the closed-form ``q(s)``, ``q(rho)`` for all layers.
+
+        ``params`` is not changed (its tensors are copied in, never shared).
+        """
         self._load(params)
         data = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in params["data"].items()}
-        gen = torch.Generator().set_state(data["generator"])
+        order = torch.Generator().set_state(data["generator"])
+        noise = torch.Generator(device=self.device).set_state(params["noise"])
         t0 = time.perf_counter()
         self.net.train()
         frozen = self.freeze_after is not None and params["iteration"] >= self.freeze_after
+        curvature = self.config.evidence == "curvature" and not frozen
         for layer in self.layers.values():
             # MAP fine-tuning: under the frozen support, steps on the posterior mean alone
-            layer.deterministic = frozen and self.finetune == "map"
+            layer.deterministic = frozen and self.config.finetune == "map"
+            layer.noise_generator = noise
         # running sums stay on the device: no host sync per step
         loss_sum = torch.zeros((), dtype=self.x.dtype, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        sums = {name: _DataTermSums(layer) for name, layer in self.layers.items()}
         seen = 0
-        kl_scale = self.kl_weight / self.num_data
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            self._set_rng_state(params["rng"])
+        kl_scale = self.config.kl_weight / self.num_data
+        try:
             for _ in range(self.steps_per_iter):
                 if data["pos"] >= self.num_data:
                     # drawn on the CPU generator (reproducible), moved once per epoch
-                    data["perm"] = torch.randperm(self.num_data, generator=gen).to(self.device)
+                    data["perm"] = torch.randperm(self.num_data, generator=order).to(self.device)
                     data["pos"] = 0
                 idx = data["perm"][data["pos"] : data["pos"] + self.batch_size]
                 data["pos"] += self.batch_size
@@ -257,6 +359,9 @@ class NetworkModuleA:
                 nll = F.cross_entropy(logits, yb)
                 self.optimizer.zero_grad(set_to_none=True)
                 nll.backward()
+                if curvature:
+                    for name, layer in self.layers.items():
+                        sums[name].add(layer)
                 # the KL term's gradient in closed form (same as backpropagating it)
                 for layer in self.layers.values():
                     layer.add_kl_grad(kl_scale)
@@ -264,44 +369,48 @@ class NetworkModuleA:
                 loss_sum += nll.detach() * len(idx)
                 correct += (logits.detach().argmax(-1) == yb).sum()
                 seen += len(idx)
-            rng = self._rng_state()
-            with torch.no_grad():
-                kl = sum(float(layer.kl()) for layer in self.layers.values())
+        finally:
+            for layer in self.layers.values():
+                layer.noise_generator = None
+        with torch.no_grad():
+            kl = sum(float(layer.kl()) for layer in self.layers.values())
         # report -ELBO / N, with the KL at the end of the steps
         metrics = self._metrics(
             float(loss_sum) / seen + kl_scale * kl, int(correct) / seen, time.perf_counter() - t0
         )
-        data["generator"] = gen.get_state()
+        data["generator"] = order.get_state()
         iteration = params["iteration"] + 1
+        state = {
+            "data": data,
+            "noise": noise.get_state(),
+            "iteration": iteration,
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
         if frozen:
             # fine-tuning under a fixed support: same messages, masks stay, only w moves
-            snapshot = self._snapshot(
-                data=data,
-                rng=rng,
-                iteration=iteration,
-                evidence=params["evidence"],
-                optimizer=copy.deepcopy(self.optimizer.state_dict()),
-            )
+            snapshot = self._snapshot(evidence=params["evidence"], **state)
             return snapshot, _messages(params["evidence"]), metrics
         evidence = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
-                shape = layer.matrix_shape
                 layer_prior = self.prior.for_layer(name)
-                mu = layer.weight_loc.reshape(shape)
-                var = layer.weight_variance.reshape(shape)
-                rho = layer.prior_precision.reshape(shape)
-                # the data's site on w: the Gaussian marginal with the prior factor removed
-                site = site_from_marginal(
-                    GaussianMessage.from_moments(mu, var), GaussianMessage.prior(rho)
+                site = self.data_site(name, sums[name] if curvature else None)
+                L = cavity_evidence(
+                    site, layer_prior.active_variance, layer_prior.inactive_variance
                 )
-                L = cavity_evidence(site, layer_prior.active_variance, layer_prior.inactive_variance)
                 evidence[name] = L
                 if iteration <= self.warmup_iters:
                     continue
+                shape = layer.matrix_shape
+                mu = layer.weight_loc.reshape(shape)
+                var = layer.weight_variance.reshape(shape)
                 q = (prior[name].to(L) * BernoulliMessage(L)).clip().probs
                 shape_, rate = update_precision(
-                    q, mu * mu + var, layer_prior.active, layer_prior.inactive, self.demo_constants
+                    q,
+                    mu * mu + var,
+                    layer_prior.active,
+                    layer_prior.inactive,
+                    self.config.demo_constants,
                 )
                 layer.set_prior(self._weight_precision(q, shape_ / rate, layer_prior), q)
                 if self.freeze_after is not None and iteration >= self.freeze_after:
@@ -309,15 +418,26 @@ class NetworkModuleA:
         if iteration <= self.warmup_iters:
             # no message yet: a flat evidence keeps Module B at its prior
             evidence = {k: torch.zeros_like(v) for k, v in evidence.items()}
-        snapshot = self._snapshot(
-            data=data,
-            rng=rng,
-            iteration=iteration,
-            evidence=evidence,
-            optimizer=copy.deepcopy(self.optimizer.state_dict()),
-        )
         metrics["density"] = self._density()
-        return snapshot, _messages(evidence), metrics
+        return self._snapshot(evidence=evidence, **state), _messages(evidence), metrics
+
+    @torch.no_grad()
+    def data_site(self, name: str, sums: _DataTermSums | None = None) -> GaussianMessage:
+        """The data's Gaussian site on every weight of layer ``name``, in its matrix shape.
+
+        With the data term's gradient sums of the last steps (``evidence="curvature"``): for a
+        locally quadratic data term ``E(w) = h (w - r)^2 / 2`` summed over the data set,
+        ``h = 2 dE/d sigma^2`` and ``eta = h r = h mu - dE/d mu`` (the expectations taken by
+        the reparameterised minibatch gradients, averaged over the steps). Neither involves the
+        prior, so a changed ``pi`` cannot echo back through ``sigma``. Without sums: the
+        marginal ``q(w)`` divided by the layer's Gaussian prior.
+        """
+        layer = self.layers[name]
+        shape = layer.matrix_shape
+        if sums is None or sums.count == 0:
+            marginal = GaussianMessage.from_moments(layer.weight_loc, layer.weight_variance)
+            return site_from_marginal(marginal, layer.prior).reshape(*shape)
+        return sums.site(self.num_data).reshape(*shape)
 
     def _density(self) -> float:
         kept = sum(int((layer.support_probs > 0.5).sum()) for layer in self.layers.values())
@@ -329,27 +449,13 @@ class NetworkModuleA:
 
     def _weight_precision(self, q: Tensor, mean_field: Tensor, prior: SparsePrior) -> Tensor:
         """The prior precision the next w-steps' KL uses."""
-        if self.weight_prior == "mean_field":
+        if self.config.weight_prior == "mean_field":
             return mean_field
         # exp(E_q(s)[log(1 / v_s)]): halfway on the log scale for an undecided support
         log1, log0 = -math.log(prior.active_variance), -math.log(prior.inactive_variance)
         return torch.exp(q * log1 + (1 - q) * log0)
 
     # -- state -----------------------------------------------------------------------------
-    def _rng_devices(self) -> list[int]:
-        return [self.device.index or 0] if self.device.type == "cuda" else []
-
-    def _rng_state(self) -> dict[str, Tensor]:
-        state = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _set_rng_state(self, state: dict[str, Tensor]) -> None:
-        torch.set_rng_state(state["cpu"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-
     def _snapshot(self, **extra: Any) -> dict[str, Any]:
         net_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         return {
@@ -364,8 +470,9 @@ class NetworkModuleA:
     def _load(self, params: dict[str, Any]) -> None:
         for name, layer in self.layers.items():
             layer.set_mask(params["net"].get(f"{name}.mask"))  # masks come and go with the phase
-        self.net.load_state_dict(params["net"])
-        self.optimizer.load_state_dict(params["optimizer"])
+        self.net.load_state_dict(params["net"])  # copies the values in
+        # Adam's state tensors would be shared with params and changed by the next steps
+        self.optimizer.load_state_dict(copy.deepcopy(params["optimizer"]))
 
 
 @dataclass
@@ -427,44 +534,28 @@ def fit_network(
     x: Tensor,
     y: Tensor,
     prior: SparsePrior | None = None,
+    config: NetworkConfig | None = None,
     *,
-    epochs: int = 20,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    steps_per_iter: int | None = None,
-    kl_weight: float = 1.0,
-    init_precision: float = 1.0,
-    scale_lr: float = 10.0,
-    weight_prior: str = "mean_field",
-    finetune: str = "map",
-    warmup_epochs: int = 0,
-    finetune_epochs: int = 0,
-    damping: float = 0.0,
-    demo_constants: bool = False,
-    seed: int = 0,
     state: TurboState | None = None,
     progress_bar: bool = False,
     hook_fn: Callable[[TurboState], None] | None = None,
     eval_data: tuple[Tensor, Tensor] | None = None,
+    **changes: Any,
 ) -> NetworkResult:
     """Train a sparse Bayesian network by Turbo-VBI.
 
     :param torch.nn.Module net: a network with sparse Bayesian layers, trained in place.
     :param torch.Tensor x: training inputs. :param torch.Tensor y: integer labels.
     :param SparsePrior prior: the prior (``None``: :func:`default_network_prior`).
-    :param int epochs: passes over the data (turbo iterations = epochs * steps per epoch /
-        ``steps_per_iter``).
-    :param int steps_per_iter: w-steps between closed-form / Module-B updates (default: one epoch).
-    :param float damping: weight of the previous support message in Module B.
-    :param str weight_prior: ``"mean_field"`` or ``"log_mixture"``, see :class:`NetworkModuleA`.
-    :param str finetune: ``"map"`` or ``"vb"``, see :class:`NetworkModuleA`.
-    :param int warmup_epochs: epochs of w-steps under ``E[rho] = init_precision`` first.
-    :param int finetune_epochs: the last epochs of the ``epochs``: the support is frozen at
-        ``q(s) > 0.5``, pruned weights are masked out and only ``q(w)`` trains, so the pruned
-        posterior mean is the model that was trained.
+    :param NetworkConfig config: the settings (``None``: ``NetworkConfig()``).
     :param TurboState state: resume from this state (e.g. :func:`load_checkpoint`).
+    :param bool progress_bar: a tqdm bar with loss, accuracy, density (and test accuracy).
+    :param hook_fn: called with the state after every iteration.
     :param eval_data: ``(x, y)`` to report test accuracy in the history after each iteration.
+    :param changes: fields of :class:`NetworkConfig` to change (``epochs=30``, ``lr=1e-2``).
     :returns: a :class:`NetworkResult`.
+    :raises ValueError: on a bad config field (named), bad data, or a prior naming a layer the
+        network does not have.
 
     Example::
 
@@ -474,37 +565,15 @@ def fit_network(
         >>> compact = export_compact(net, input_shape=(64,))
     """
     prior = prior if prior is not None else default_network_prior()
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    module_a = NetworkModuleA(
-        net,
-        prior,
-        x,
-        y,
-        batch_size=batch_size,
-        lr=lr,
-        steps_per_iter=steps_per_iter,
-        kl_weight=kl_weight,
-        init_precision=init_precision,
-        scale_lr=scale_lr,
-        weight_prior=weight_prior,
-        finetune=finetune,
-        demo_constants=demo_constants,
-        seed=seed,
+    config = (config if config is not None else NetworkConfig()).replace(**changes)
+    module_a = NetworkModuleA(net, prior, x, y, config)
+    total = module_a.total_iters
+    turbo = TurboVBI(
+        module_a, prior, damping=config.damping, tol=1e-12, max_iters=total, min_iters=total
     )
-    iters_per_epoch = module_a.steps_per_epoch / module_a.steps_per_iter
-    module_a.warmup_iters = round(warmup_epochs * iters_per_epoch)
-    total = max(1, round(epochs * iters_per_epoch))
-    if not 0 <= finetune_epochs < epochs:
-        raise ValueError(f"finetune_epochs must be in [0, epochs), got {finetune_epochs}")
-    if finetune_epochs > 0:
-        module_a.freeze_after = total - round(finetune_epochs * iters_per_epoch)
-    turbo = TurboVBI(module_a, prior, damping=damping, tol=1e-12, max_iters=total, min_iters=total)
     if state is None:
         with torch.no_grad():
             state = turbo.init_state(like=next(net.parameters()))
-    else:
-        module_a._load(state.params)
     remaining = total - state.iteration
 
     def hook(s: TurboState) -> None:

@@ -1,4 +1,4 @@
-"""Turbo-VBI for sparse linear regression: Module A in closed form, and :func:`fit_sparse_regression`.
+"""Turbo-VBI for sparse linear regression: closed-form Module A and `fit_sparse_regression`.
 
 :class:`RegressionModuleA` runs the closed-form mean-field updates of
 :mod:`pyro_dturbo.ops.vb` for ``y = X w + e`` given Module B's Bernoulli messages ``pi`` on the

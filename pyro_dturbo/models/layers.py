@@ -74,6 +74,9 @@ class SparseBayesLayer(nn.Module):
     mask: Tensor | None
     #: forward the posterior mean even in training mode (MAP fine-tuning)
     deterministic: bool = False
+    #: the generator of the reparameterisation noise (``None``: torch's global generator);
+    #: Turbo-VBI sets its own, carried in the training state
+    noise_generator: torch.Generator | None = None
 
     def _init_posterior(self, shape: tuple[int, ...], bias: bool, init_scale: float) -> None:
         if not init_scale > 0:
@@ -172,7 +175,10 @@ class SparseBayesLayer(nn.Module):
         mu, var = self._moments()
         mean = self._op(x, mu, self.bias)
         std = torch.sqrt(self._op(x * x, var) + _VAR_EPS)
-        return torch.addcmul(mean, std, torch.randn_like(mean))
+        noise = torch.randn(
+            mean.shape, generator=self.noise_generator, dtype=mean.dtype, device=mean.device
+        )
+        return torch.addcmul(mean, std, noise)
 
     @torch.no_grad()
     def add_kl_grad(self, scale: float) -> None:

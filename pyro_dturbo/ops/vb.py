@@ -132,7 +132,9 @@ def site_from_marginal(
     return (marginal / prior).with_precision_floor(floor)
 
 
-def cavity_evidence(site: GaussianMessage, active_variance: float, inactive_variance: float) -> Tensor:
+def cavity_evidence(
+    site: GaussianMessage, active_variance: float, inactive_variance: float
+) -> Tensor:
     """Extrinsic evidence ``L_n`` about ``s_n`` from the data's site on ``w_n``.
 
     With the site ``N(r_n, 1/h_n)`` (natural parameters ``h_n``, ``eta_n = h_n r_n``),

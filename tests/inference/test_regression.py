@@ -172,7 +172,8 @@ def test_own_support_belief_does_not_enter_own_evidence(weight_prior):
     moved["precision_rate"][7] *= 50.0
     _, ev2, _ = module.update(moved, logits)
     assert_close(ev2["linear"].logits[7], ev1["linear"].logits[7], rtol=1e-8)
-    assert not torch.allclose(ev2["linear"].logits, ev1["linear"].logits)  # the others do see w_7's prior
+    # the others do see w_7's prior
+    assert not torch.allclose(ev2["linear"].logits, ev1["linear"].logits)
 
 
 def test_matched_precision_reproduces_spike_and_slab_mean():

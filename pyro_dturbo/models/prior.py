@@ -13,7 +13,10 @@ References
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,15 +48,110 @@ def require_summable_support(support: SupportStructure) -> None:
         )
 
 
-def _gamma_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
+def _gamma_pair(name: str, value: Any) -> tuple[float, float]:
+    """``value`` as a ``(shape, rate)`` pair of positive finite numbers; ``name`` is the field's
+    full name in messages (``"SparsePrior.active"``)."""
+    if hasattr(value, "tolist"):  # a tensor or an array
+        value = value.tolist()
+    bad = ValueError(f"{name} must be a (shape, rate) pair, got {value!r}")
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes) or len(value) != 2:
+        raise bad
+    if any(isinstance(v, bool | str | bytes) or v is None for v in value):
+        raise bad
     try:
         shape, rate = (float(v) for v in value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"SparsePrior.{name} must be a (shape, rate) pair, got {value!r}") from e
+    except (TypeError, ValueError):
+        raise bad from None
     for label, v in (("shape", shape), ("rate", rate)):
         if not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"SparsePrior.{name} {label} must be positive and finite, got {v}")
+            raise ValueError(f"{name} {label} must be positive and finite, got {v}")
     return shape, rate
+
+
+def _check_gamma_laws(where: str, active: Any, inactive: Any) -> tuple[tuple[float, float], ...]:
+    a = _gamma_pair(f"{where}.active", active)
+    i = _gamma_pair(f"{where}.inactive", inactive)
+    if i[1] / i[0] >= a[1] / a[0]:
+        raise ValueError(
+            f"{where}.inactive must have a smaller variance scale than active: "
+            f"bbar/abar = {i[1] / i[0]:g} >= b/a = {a[1] / a[0]:g}"
+        )
+    return a, i
+
+
+_FIELDS = ("support", "active", "inactive", "layer_priors")
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loading that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and
+    refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = str(self.construct_scalar(key_node))
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML dumping with lists of scalars on one line (``active: [1.0, 1.0]``, and one edge
+    ``- [0, 1]`` per line)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: Sequence[Any]) -> yaml.SequenceNode:
+    flow = all(not isinstance(v, list | tuple | dict) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, _represent_list)
+
+
+def _yaml_source(source: Any) -> tuple[str, str | None]:
+    """``(text, file name or None)``: a path-like object, or a one-line string that ends in
+    ``.yaml`` / ``.yml`` or names an existing file, is read as a file; any other string (multi-
+    line YAML included, of any length) is the YAML text itself."""
+    if isinstance(source, os.PathLike):
+        path = Path(source)
+    elif isinstance(source, str):
+        line = source.strip()
+        if "\n" in line or not line:
+            return source, None
+        is_file = line.lower().endswith((".yaml", ".yml")) and ": " not in line
+        if not is_file and len(line) < 4096:
+            try:
+                is_file = Path(line).is_file()
+            except (OSError, ValueError):  # a name too long, a NUL byte: not a file name
+                is_file = False
+        if not is_file:
+            return source, None
+        path = Path(line)
+    else:
+        raise ValueError(
+            f"SparsePrior.from_yaml needs a file path or YAML text, got {type(source).__name__}"
+        )
+    try:
+        return path.read_text(), str(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, "SparsePrior.from_yaml: no such file", str(path)
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -89,15 +187,13 @@ class SparsePrior:
             raise ValueError(
                 f"SparsePrior.support must be a SupportStructure, got {type(self.support)}"
             )
-        active = _gamma_pair("active", self.active)
-        inactive = _gamma_pair("inactive", self.inactive)
-        if inactive[1] / inactive[0] >= active[1] / active[0]:
-            raise ValueError(
-                "SparsePrior.inactive must have a smaller variance scale than active: "
-                f"bbar/abar = {inactive[1] / inactive[0]:g} >= b/a = {active[1] / active[0]:g}"
-            )
+        active, inactive = _check_gamma_laws("SparsePrior", self.active, self.inactive)
         object.__setattr__(self, "active", active)
         object.__setattr__(self, "inactive", inactive)
+        if not isinstance(self.layer_priors, Mapping):
+            raise ValueError(
+                f"SparsePrior.layer_priors must be a mapping, got {type(self.layer_priors)}"
+            )
         for name, p in self.layer_priors.items():
             if not isinstance(p, SparsePrior):
                 raise ValueError(f"SparsePrior.layer_priors[{name!r}] must be a SparsePrior")
@@ -180,6 +276,14 @@ class SparsePrior:
 
     # -- declaration -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The declaration of this prior; lossless, :meth:`from_dict` inverts it.
+
+        Example::
+
+            >>> SparsePrior.chain(0.01, 0.1).to_dict()
+            {'support': {'type': 'chain', 'p01': 0.01, 'p10': 0.1, 'along': 'rows'},
+             'active': [1.0, 1.0], 'inactive': [1.0, 0.01]}
+        """
         out: dict[str, Any] = {
             "support": self.support.to_dict(),
             "active": list(self.active),
@@ -193,37 +297,99 @@ class SparsePrior:
     def from_dict(cls, spec: Mapping[str, Any]) -> SparsePrior:
         """Build from a declaration (the inverse of :meth:`to_dict`).
 
-        :raises ValueError: naming the field on a bad or unknown value.
+        The fields are ``support`` (required: a declaration for
+        :func:`~pyro_dturbo.models.support.support_from_dict`), ``active`` and ``inactive``
+        (``[shape, rate]`` pairs) and ``layer_priors`` (``{layer: declaration}``).
+
+        :param spec: the declaration.
+        :returns: the prior.
+        :raises ValueError: naming the field (``SparsePrior.layer_priors['fc1'].support.p01``)
+            on a missing, unknown or bad value.
+
+        Example::
+
+            >>> SparsePrior.from_dict({"support": {"type": "chain", "p01": 0.01, "p10": 0.1},
+            ...                        "active": [1, 1], "inactive": [1, 100]})
         """
+        return cls._from_dict(spec, "SparsePrior")
+
+    @classmethod
+    def _from_dict(cls, spec: Any, where: str) -> SparsePrior:
         if not isinstance(spec, Mapping):
-            raise ValueError(f"SparsePrior declaration must be a mapping, got {type(spec)}")
-        unknown = set(spec) - {"support", "active", "inactive", "layer_priors"}
+            raise ValueError(f"{where} must be a mapping with a 'support', got {spec!r}")
+        unknown = sorted((k for k in spec if k not in _FIELDS), key=str)
         if unknown:
-            raise ValueError(f"SparsePrior: unknown fields {sorted(unknown)}")
+            raise ValueError(f"{where}: unknown fields {unknown}; its fields are {list(_FIELDS)}")
         if "support" not in spec:
-            raise ValueError("SparsePrior.support is required")
-        kwargs: dict[str, Any] = {"support": support_from_dict(dict(spec["support"]))}
-        for key in ("active", "inactive"):
-            if key in spec:
-                kwargs[key] = tuple(spec[key])
-        if "layer_priors" in spec:
-            kwargs["layer_priors"] = {
-                k: cls.from_dict(v) for k, v in dict(spec["layer_priors"]).items()
-            }
-        return cls(**kwargs)
+            raise ValueError(f"{where}.support is required")
+        support = support_from_dict(spec["support"], where=f"{where}.support")
+        active, inactive = _check_gamma_laws(
+            where, spec.get("active", cls.active), spec.get("inactive", cls.inactive)
+        )
+        layer_priors: dict[str, SparsePrior] = {}
+        overrides = spec.get("layer_priors", {})
+        if not isinstance(overrides, Mapping):
+            raise ValueError(
+                f"{where}.layer_priors must be a mapping {{layer: prior}}, got {overrides!r}"
+            )
+        for name, value in overrides.items():
+            if not isinstance(name, str):
+                raise ValueError(f"{where}.layer_priors keys must be layer names, got {name!r}")
+            layer_priors[name] = cls._from_dict(value, f"{where}.layer_priors[{name!r}]")
+        return cls(support, active, inactive, layer_priors)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        """Serialise to YAML (written to ``path`` when given)."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """Serialise :meth:`to_dict` to YAML (written to ``path`` when given).
+
+        :param path: a file to write, or ``None``.
+        :returns: the YAML text.
+        """
+        text = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
         if path is not None:
             Path(path).write_text(text)
         return text
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> SparsePrior:
-        """Load from a YAML file path or a YAML string."""
-        text = Path(source).read_text() if Path(str(source)).is_file() else str(source)
-        return cls.from_dict(yaml.safe_load(text))
+        """Load from a YAML file or a YAML string (of any length).
+
+        ``source`` is read as a file when it is a path object, or a one-line string that ends
+        in ``.yaml`` / ``.yml`` or names an existing file; any other string is YAML text.
+
+        :param source: the file or the text.
+        :returns: the prior.
+        :raises FileNotFoundError: naming the file when it does not exist.
+        :raises ValueError: on invalid YAML (naming the file and line) or a bad declaration
+            (naming the file and field).
+
+        Example::
+
+            >>> prior = SparsePrior.from_yaml("prior.yaml")
+            >>> prior = SparsePrior.from_yaml("support: {type: chain, p01: 1e-2, p10: 0.1}")
+        """
+        text, name = _yaml_source(source)
+        origin = name if name is not None else "YAML text"
+        try:
+            spec = yaml.load(text, Loader=_Loader)
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{origin}: invalid YAML{where}: {e.problem or e}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"{origin}: invalid YAML: {e}") from None
+        if spec is None:
+            raise ValueError(f"{origin}: empty YAML, expected a SparsePrior declaration")
+        if name is None and isinstance(spec, str) and "\n" not in text.strip():
+            raise ValueError(
+                f"SparsePrior.from_yaml: {source!r} is neither an existing file nor a YAML "
+                "declaration"
+            )
+        try:
+            return cls.from_dict(spec)
+        except ValueError as e:
+            if name is None:
+                raise
+            raise ValueError(f"{name}: {e}") from e
 
     @classmethod
     def chain(cls, p01: float = 0.01, p10: float = 0.1, **kwargs: Any) -> SparsePrior:

@@ -11,6 +11,12 @@ bound to a tensor shape later with :meth:`SupportStructure.with_shape`; this is 
 Weight tensors are viewed as matrices ``(shape[0], prod(shape[1:]))`` (rows = output units,
 columns = flattened inputs, PyTorch order); a vector of length ``N`` is one row.
 
+Every structure round-trips through :meth:`SupportStructure.to_dict` and
+:func:`support_from_dict` with all of its fields (BP and Gibbs settings, per-edge couplings,
+bias lists, a bound shape). A graph MRF may be declared compactly by a whitelisted networkx
+generator (:data:`GRAPH_GENERATORS`), e.g. ``{"type": "graph", "generator": "grid_2d_graph",
+"args": [16, 160]}``. A bad declaration raises ``ValueError`` naming the field.
+
 References
 
 [1] A. Xia, I. W. Tsang, V. K. N. Lau, "Structured Bayesian Compression for Deep Neural Networks
@@ -21,8 +27,9 @@ References
 from __future__ import annotations
 
 import math
+import operator
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -45,24 +52,105 @@ __all__ = [
     "GridMRFSupport",
     "GraphMRFSupport",
     "IndependentSupport",
+    "GRAPH_GENERATORS",
     "support_from_dict",
 ]
 
 
-def _check_prob(owner: str, name: str, value: float) -> float:
-    value = float(value)
-    if not (0.0 < value < 1.0) or math.isnan(value):
+# -- field validators: ``owner`` names the object or declaration in the error message --------
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _check_number(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool | str | bytes) or value is None:
+        raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}.{name} must be a number, got {value!r}") from None
+
+
+def _check_finite(owner: str, name: str, value: Any) -> float:
+    value = _check_number(owner, name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be finite, got {value}")
+    return value
+
+
+def _check_prob(owner: str, name: str, value: Any) -> float:
+    value = _check_number(owner, name, value)
+    if not (0.0 < value < 1.0):
         raise ValueError(f"{owner}.{name} must be a probability in (0, 1), got {value}")
     return value
 
 
-def _check_shape(shape: Sequence[int] | None) -> torch.Size | None:
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> int:
+    out: int | None = None
+    if not isinstance(value, bool | str | bytes):
+        try:
+            out = operator.index(value)
+        except TypeError:
+            if isinstance(value, float) and value.is_integer():
+                out = int(value)
+    if out is None:
+        raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
+    if out < minimum:
+        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def _check_along(owner: str, name: str, value: Any) -> str:
+    if value not in ("rows", "cols"):
+        raise ValueError(f"{owner}.{name} must be 'rows' or 'cols', got {value!r}")
+    return str(value)
+
+
+def _check_damping(owner: str, name: str, value: Any) -> float:
+    value = _check_number(owner, name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}.{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _check_tol(owner: str, name: str, value: Any) -> float:
+    value = _check_number(owner, name, value)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{owner}.{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def _check_sizes(owner: str, name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
+    """A tuple of positive sizes (``length`` of them when given)."""
+    what = (
+        f"a list of {length} positive integers"
+        if length
+        else "a non-empty list of positive integers"
+    )
+    if not _is_sequence(value) and not isinstance(value, torch.Size):
+        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
+    if len(value) == 0 or (length is not None and len(value) != length):
+        raise ValueError(f"{owner}.{name} must be {what}, got {list(value)!r}")
+    return tuple(_check_int(owner, f"{name}[{i}]", d, 1) for i, d in enumerate(value))
+
+
+def _check_shape(shape: Sequence[int] | None, owner: str = "support") -> torch.Size | None:
     if shape is None:
         return None
-    shape = torch.Size(int(d) for d in shape)
-    if len(shape) == 0 or any(d <= 0 for d in shape):
-        raise ValueError(f"support shape must be non-empty with positive sizes, got {tuple(shape)}")
-    return shape
+    return torch.Size(_check_sizes(owner, "shape", shape))
+
+
+def _check_bias(owner: str, value: Any, num_nodes: int) -> float | list[float]:
+    if hasattr(value, "tolist"):  # a tensor or an array
+        value = value.tolist()
+    if not _is_sequence(value):
+        return _check_finite(owner, "bias", value)
+    if len(value) != num_nodes:
+        raise ValueError(
+            f"{owner}.bias must be a number or have one entry per node ({num_nodes}), "
+            f"got {len(value)} entries"
+        )
+    return [_check_finite(owner, f"bias[{i}]", b) for i, b in enumerate(value)]
 
 
 def _matrix_shape(shape: torch.Size) -> tuple[int, int]:
@@ -87,7 +175,7 @@ class SupportStructure(TorchDistribution):
     kind: str = ""
 
     def __init__(self, shape: Sequence[int] | None = None, validate_args: bool | None = None):
-        self._shape = _check_shape(shape)
+        self._shape = _check_shape(shape, type(self).__name__)
         event_shape = self._shape if self._shape is not None else torch.Size()
         super().__init__(torch.Size(), event_shape, validate_args=False)
 
@@ -98,7 +186,7 @@ class SupportStructure(TorchDistribution):
 
     def with_shape(self, shape: Sequence[int]) -> SupportStructure:
         """A copy of this structure over a tensor of the given shape."""
-        return self._rebind(_check_shape(shape))  # type: ignore[arg-type]
+        return self._rebind(_check_shape(shape, type(self).__name__))  # type: ignore[arg-type]
 
     @abstractmethod
     def _rebind(self, shape: torch.Size) -> SupportStructure:
@@ -152,7 +240,19 @@ class SupportStructure(TorchDistribution):
     # -- declaration -----------------------------------------------------------------------
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        """The declaration of this structure (``{"type": ..., **fields}``)."""
+        """The declaration of this structure (``{"type": ..., **fields}``), lossless:
+        :func:`support_from_dict` rebuilds a structure with the same behaviour (the same
+        :meth:`extrinsic` outputs and, under the same seed, the same samples).
+
+        Example::
+
+            >>> support = MarkovChainSupport(0.01, 0.1, along="cols")
+            >>> support_from_dict(support.to_dict())
+            MarkovChainSupport(p01=0.01, p10=0.1, along='cols')
+        """
+
+    def _shape_dict(self) -> dict[str, Any]:
+        return {} if self._shape is None else {"shape": list(self._shape)}
 
     def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> Any:
         if tuple(batch_shape) == ():
@@ -160,8 +260,12 @@ class SupportStructure(TorchDistribution):
         return super().expand(batch_shape, _instance)
 
     def __repr__(self) -> str:
-        fields = {k: v for k, v in self.to_dict().items() if k not in ("type", "edges")}
-        args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        parts = [
+            f"{k}=<{len(v)} values>" if isinstance(v, list) and len(v) > 8 else f"{k}={v!r}"
+            for k, v in self.to_dict().items()
+            if k not in ("type", "edges", "shape")
+        ]
+        args = ", ".join(parts)
         shape = f", shape={tuple(self._shape)}" if self._shape is not None else ""
         return f"{type(self).__name__}({args}{shape})"
 
@@ -201,9 +305,7 @@ class MarkovChainSupport(SupportStructure):
     ):
         self.p01 = _check_prob(type(self).__name__, "p01", p01)
         self.p10 = _check_prob(type(self).__name__, "p10", p10)
-        if along not in ("rows", "cols"):
-            raise ValueError(f"MarkovChainSupport.along must be 'rows' or 'cols', got {along!r}")
-        self.along = along
+        self.along = _check_along(type(self).__name__, "along", along)
         self._param_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         super().__init__(shape, validate_args)
 
@@ -262,7 +364,8 @@ class MarkovChainSupport(SupportStructure):
         return self.unchain(posterior) - evidence_logits
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "p01": self.p01, "p10": self.p10, "along": self.along}
+        out = {"type": self.kind, "p01": self.p01, "p10": self.p10, "along": self.along}
+        return out | self._shape_dict()
 
 
 class IndependentSupport(SupportStructure):
@@ -305,7 +408,7 @@ class IndependentSupport(SupportStructure):
         return torch.full_like(evidence_logits, math.log(self.p) - math.log1p(-self.p))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "p": self.p}
+        return {"type": self.kind, "p": self.p} | self._shape_dict()
 
 
 class _PairwiseMRFSupport(SupportStructure):
@@ -326,16 +429,11 @@ class _PairwiseMRFSupport(SupportStructure):
         bp_tol: float = 1e-6,
         gibbs_sweeps: int = 100,
     ):
-        if int(bp_iters) < 1:
-            raise ValueError(f"{type(self).__name__}.bp_iters must be >= 1, got {bp_iters}")
-        if not 0.0 <= float(bp_damping) < 1.0:
-            raise ValueError(
-                f"{type(self).__name__}.bp_damping must be in [0, 1), got {bp_damping}"
-            )
-        self.bp_iters = int(bp_iters)
-        self.bp_damping = float(bp_damping)
-        self.bp_tol = float(bp_tol)
-        self.gibbs_sweeps = int(gibbs_sweeps)
+        owner = type(self).__name__
+        self.bp_iters = _check_int(owner, "bp_iters", bp_iters, 1)
+        self.bp_damping = _check_damping(owner, "bp_damping", bp_damping)
+        self.bp_tol = _check_tol(owner, "bp_tol", bp_tol)
+        self.gibbs_sweeps = _check_int(owner, "gibbs_sweeps", gibbs_sweeps, 1)
         super().__init__(shape)
         self._graph_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor, Tensor, list[Tensor]]] = {}
 
@@ -452,8 +550,14 @@ class GridMRFSupport(_PairwiseMRFSupport):
     :param grid: the 2-D layout ``(rows, cols)`` of the support; by default the weight matrix
         view of ``shape`` (a vector of length ``N`` is one row).
     :param shape: the event shape, or ``None``.
-    :param int bp_iters: loopy-BP iterations; ``bp_damping``, ``bp_tol`` as in
-        :func:`~pyro_dturbo.ops.loopy.loopy_bp`.
+    :param int bp_iters: loopy-BP iterations (``>= 1``); ``bp_damping`` (in ``[0, 1)``) and
+        ``bp_tol`` (``>= 0``) as in :func:`~pyro_dturbo.ops.loopy.loopy_bp`.
+    :param int gibbs_sweeps: Gibbs sweeps per :meth:`sample` call (``>= 1``).
+
+    Example::
+
+        >>> support = GridMRFSupport(0.05, 0.2, bp_iters=20).with_shape((16, 32))
+        >>> pi = torch.sigmoid(support.extrinsic(torch.randn(16, 32)))
 
     References
 
@@ -475,9 +579,10 @@ class GridMRFSupport(_PairwiseMRFSupport):
     ):
         self.p01 = _check_prob(type(self).__name__, "p01", p01)
         self.p10 = _check_prob(type(self).__name__, "p10", p10)
-        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
-        if grid is not None and len(grid) != 2:
-            raise ValueError(f"GridMRFSupport.grid must be (rows, cols), got {grid}")
+        self.grid: tuple[int, int] | None = None
+        if grid is not None:
+            rows, cols = _check_sizes(type(self).__name__, "grid", grid, 2)
+            self.grid = rows, cols
         if shape is not None and self.grid is not None:
             if math.prod(self.grid) != math.prod(shape):
                 raise ValueError(
@@ -513,7 +618,149 @@ class GridMRFSupport(_PairwiseMRFSupport):
         out: dict[str, Any] = {"type": self.kind, "p01": self.p01, "p10": self.p10}
         if self.grid is not None:
             out["grid"] = list(self.grid)
-        return out
+        return out | self._shape_dict() | self._bp_kwargs()
+
+
+#: The networkx generators a graph declaration may name, with their arguments in order. All
+#: arguments are required except ``periodic`` (default false); the random generators require a
+#: ``seed``, so that a declaration always builds the same graph.
+GRAPH_GENERATORS: dict[str, tuple[str, ...]] = {
+    "grid_2d_graph": ("m", "n", "periodic"),
+    "triangular_lattice_graph": ("m", "n", "periodic"),
+    "hexagonal_lattice_graph": ("m", "n", "periodic"),
+    "path_graph": ("n",),
+    "cycle_graph": ("n",),
+    "star_graph": ("n",),
+    "wheel_graph": ("n",),
+    "ladder_graph": ("n",),
+    "circular_ladder_graph": ("n",),
+    "complete_graph": ("n",),
+    "complete_bipartite_graph": ("n1", "n2"),
+    "barbell_graph": ("m1", "m2"),
+    "lollipop_graph": ("m", "n"),
+    "balanced_tree": ("r", "h"),
+    "hypercube_graph": ("n",),
+    "empty_graph": ("n",),
+    "random_labeled_tree": ("n", "seed"),
+    "random_regular_graph": ("d", "n", "seed"),
+    "watts_strogatz_graph": ("n", "k", "p", "seed"),
+    "newman_watts_strogatz_graph": ("n", "k", "p", "seed"),
+    "gnp_random_graph": ("n", "p", "seed"),
+    "barabasi_albert_graph": ("n", "m", "seed"),
+}
+_OPTIONAL_GENERATOR_ARGS = {"periodic": False}
+
+
+def _generator_argument(owner: str, label: str, key: str, value: Any) -> Any:
+    if key == "periodic":
+        if not isinstance(value, bool):
+            raise ValueError(f"{owner}.{label} (periodic) must be true or false, got {value!r}")
+        return value
+    if key == "p":
+        value = _check_number(owner, label, value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{owner}.{label} (p) must be a probability in [0, 1], got {value}")
+        return value
+    return _check_int(owner, label, value, 0)
+
+
+def _generate_graph(
+    owner: str, generator: Any, args: Any, kwargs: Any
+) -> tuple[nx.Graph, dict[str, Any]]:
+    """Build a whitelisted networkx graph, nodes relabelled ``0..N-1`` in sorted order.
+
+    :returns: the graph and its normalised declaration ``{"generator", "args", "kwargs"}``.
+    """
+    if not isinstance(generator, str) or generator not in GRAPH_GENERATORS:
+        raise ValueError(
+            f"{owner}.generator must be one of {sorted(GRAPH_GENERATORS)}, got {generator!r}"
+        )
+    params = GRAPH_GENERATORS[generator]
+    signature = f"{generator}({', '.join(params)})"
+    if not _is_sequence(args):
+        raise ValueError(f"{owner}.args must be a list of arguments to {signature}, got {args!r}")
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(
+            f"{owner}.kwargs must be a mapping of arguments to {signature}, got {kwargs!r}"
+        )
+    if len(args) > len(params):
+        raise ValueError(
+            f"{owner}.args: {signature} takes {len(params)} arguments, got {len(args)}"
+        )
+    bound: dict[str, Any] = {}
+    for i, (key, value) in enumerate(zip(params, args, strict=False)):
+        bound[key] = _generator_argument(owner, f"args[{i}]", key, value)
+    for key, value in kwargs.items():
+        if key not in params:
+            raise ValueError(f"{owner}.kwargs: {signature} has no argument {key!r}")
+        if key in bound:
+            raise ValueError(f"{owner}.kwargs.{key}: given twice (also in args)")
+        bound[key] = _generator_argument(owner, f"kwargs.{key}", key, value)
+    missing = [k for k in params if k not in bound and k not in _OPTIONAL_GENERATOR_ARGS]
+    if missing:
+        why = " (a random generator needs a seed to be reproducible)" if "seed" in missing else ""
+        raise ValueError(f"{owner}: {signature} needs {missing} in args or kwargs{why}")
+    try:
+        graph = getattr(nx, generator)(**bound)
+    except (nx.NetworkXError, ValueError, TypeError) as e:
+        raise ValueError(f"{owner}: networkx.{signature} failed on {bound}: {e}") from None
+    graph = nx.convert_node_labels_to_integers(nx.Graph(graph), ordering="sorted")
+    spec = {
+        "generator": generator,
+        "args": [bound[k] for k in params[: len(args)]],
+        "kwargs": {k: bound[k] for k in kwargs},
+    }
+    return graph, spec
+
+
+def _edge_signature(graph: nx.Graph) -> tuple[int, frozenset[tuple[Any, Any, Any]]]:
+    edges = graph.edges(data="coupling")
+    return graph.number_of_nodes(), frozenset((min(i, j), max(i, j), c) for i, j, c in edges)
+
+
+def _edge_list_graph(owner: str, num_nodes: Any, edges: Any, shape: Any) -> nx.Graph:
+    """The graph of an edge-list declaration: ``[[i, j], ...]`` or ``[[i, j, coupling], ...]``."""
+    if not _is_sequence(edges):
+        raise ValueError(
+            f"{owner}.edges must be a list of [i, j] or [i, j, coupling], got {edges!r}"
+        )
+    parsed: list[tuple[int, int, float | None]] = []
+    seen: dict[tuple[int, int], int] = {}
+    for k, edge in enumerate(edges):
+        if not _is_sequence(edge) or len(edge) not in (2, 3):
+            raise ValueError(f"{owner}.edges[{k}] must be [i, j] or [i, j, coupling], got {edge!r}")
+        i = _check_int(owner, f"edges[{k}][0]", edge[0], 0)
+        j = _check_int(owner, f"edges[{k}][1]", edge[1], 0)
+        if i == j:
+            raise ValueError(f"{owner}.edges[{k}] = {list(edge)!r} is a self-loop")
+        key = (min(i, j), max(i, j))
+        if key in seen:
+            raise ValueError(f"{owner}.edges[{k}] repeats edges[{seen[key]}] ({i}, {j})")
+        seen[key] = k
+        c = _check_finite(owner, f"edges[{k}][2]", edge[2]) if len(edge) == 3 else None
+        parsed.append((i, j, c))
+    if num_nodes is not None:
+        n = _check_int(owner, "num_nodes", num_nodes, 1)
+    elif shape is not None:
+        n = math.prod(_check_sizes(owner, "shape", shape))
+    elif parsed:
+        n = 1 + max(max(i, j) for i, j, _ in parsed)
+    else:
+        raise ValueError(f"{owner}.num_nodes is required for a graph without edges")
+    for k, (i, j, _) in enumerate(parsed):
+        if max(i, j) >= n:
+            raise ValueError(
+                f"{owner}.edges[{k}] = [{i}, {j}] names node {max(i, j)}, but the graph has "
+                f"{n} nodes (0..{n - 1})"
+            )
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    for i, j, c in parsed:
+        if c is None:
+            graph.add_edge(i, j)
+        else:
+            graph.add_edge(i, j, coupling=c)
+    return graph
 
 
 class GraphMRFSupport(_PairwiseMRFSupport):
@@ -522,13 +769,24 @@ class GraphMRFSupport(_PairwiseMRFSupport):
     ``p(s) ∝ exp(sum_n bias_n s_n + sum_(i,j) J_ij 1[s_i = s_j])`` with ``J_ij`` the edge
     attribute ``"coupling"`` where present, else ``coupling``. Nodes must be the integers
     ``0 .. N-1`` (flattened weight indices, row-major). Module B is loopy BP (exact on trees);
-    ``log_prob`` is unnormalised.
+    ``log_prob`` is unnormalised. :meth:`from_generator` builds the graph from a whitelisted
+    networkx generator and keeps that compact declaration for :meth:`to_dict`.
 
-    :param networkx.Graph graph: the dependency graph.
+    :param networkx.Graph graph: the dependency graph (undirected, no self-loops).
     :param float coupling: default edge coupling ``J`` (positive favours agreement).
     :param bias: node log-odds, a float or a sequence of length ``N`` (negative favours
         sparsity).
     :param shape: the event shape (its size must be ``N``), or ``None`` for ``(N,)``.
+    :param int bp_iters: loopy-BP iterations; ``bp_damping``, ``bp_tol`` and ``gibbs_sweeps``
+        as in :class:`GridMRFSupport`.
+
+    Example::
+
+        >>> graph = networkx.path_graph(4)
+        >>> graph.edges[0, 1]["coupling"] = 3.0      # a per-edge coupling
+        >>> support = GraphMRFSupport(graph, coupling=1.0, bias=-0.5)
+        >>> support.to_dict()["edges"]
+        [[0, 1, 3.0], [1, 2], [2, 3]]
     """
 
     kind = "graph"
@@ -544,35 +802,90 @@ class GraphMRFSupport(_PairwiseMRFSupport):
         bp_tol: float = 1e-6,
         gibbs_sweeps: int = 100,
     ):
+        owner = type(self).__name__
         if not isinstance(graph, nx.Graph):
-            raise ValueError(f"GraphMRFSupport.graph must be a networkx graph, got {type(graph)}")
+            raise ValueError(f"{owner}.graph must be a networkx graph, got {type(graph)}")
+        if graph.is_directed() or graph.is_multigraph():
+            raise ValueError(f"{owner}.graph must be an undirected simple nx.Graph")
         n = graph.number_of_nodes()
         if n == 0 or set(graph.nodes) != set(range(n)):
             raise ValueError(
-                "GraphMRFSupport.graph nodes must be the integers 0..N-1 (flattened weight "
+                f"{owner}.graph nodes must be the integers 0..N-1 (flattened weight "
                 "indices); relabel with networkx.convert_node_labels_to_integers"
             )
+        if nx.number_of_selfloops(graph):
+            raise ValueError(f"{owner}.graph has self-loops {list(nx.selfloop_edges(graph))}")
+        for i, j, c in graph.edges(data="coupling"):
+            if c is not None:
+                _check_finite(owner, f"graph.edges[{i}, {j}]['coupling']", c)
         self.graph = graph
-        self.coupling = float(coupling)
-        if not math.isfinite(self.coupling):
-            raise ValueError(f"GraphMRFSupport.coupling must be finite, got {coupling}")
-        if isinstance(bias, int | float):
-            self.bias: float | list[float] = float(bias)
-        else:
-            self.bias = [float(b) for b in bias]
-            if len(self.bias) != n:
-                raise ValueError(f"GraphMRFSupport.bias has {len(self.bias)} entries, graph {n}")
+        self.coupling = _check_finite(owner, "coupling", coupling)
+        self.bias: float | list[float] = _check_bias(owner, bias, n)
         if shape is None:
             shape = (n,)
+        shape = _check_shape(shape, owner)
+        assert shape is not None
         if math.prod(shape) != n:
             raise ValueError(
-                f"GraphMRFSupport: shape {tuple(shape)} holds {math.prod(shape)} weights but the "
+                f"{owner}: shape {tuple(shape)} holds {math.prod(shape)} weights but the "
                 f"graph has {n} nodes"
             )
+        self._generator: dict[str, Any] | None = None
+        self._generator_signature: Any = None
         super().__init__(shape, bp_iters, bp_damping, bp_tol, gibbs_sweeps)
 
+    @classmethod
+    def from_generator(
+        cls,
+        generator: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        coupling: float = 1.0,
+        bias: float | Sequence[float] = 0.0,
+        shape: Sequence[int] | None = None,
+        bp_iters: int = 50,
+        bp_damping: float = 0.5,
+        bp_tol: float = 1e-6,
+        gibbs_sweeps: int = 100,
+    ) -> GraphMRFSupport:
+        """A graph MRF on ``networkx.<generator>(*args, **kwargs)``, nodes relabelled
+        ``0..N-1`` in sorted order (so ``grid_2d_graph(m, n)`` numbers its nodes row-major).
+
+        :param str generator: one of :data:`GRAPH_GENERATORS`; the random ones need a ``seed``.
+        :param args: positional arguments of the generator.
+        :param kwargs: keyword arguments of the generator.
+        :returns: the support; its :meth:`to_dict` is the compact generator declaration as long
+            as the graph's edges and per-edge couplings are left as generated.
+        :raises ValueError: on a generator outside the whitelist or bad arguments.
+
+        Example::
+
+            >>> support = GraphMRFSupport.from_generator("grid_2d_graph", [16, 160], bias=-1.0)
+            >>> support.to_dict()["generator"]
+            'grid_2d_graph'
+        """
+        graph, spec = _generate_graph(cls.__name__, generator, args, kwargs or {})
+        out = cls(graph, coupling, bias, shape, bp_iters, bp_damping, bp_tol, gibbs_sweeps)
+        out._generator = spec
+        out._generator_signature = _edge_signature(graph)
+        return out
+
+    @property
+    def generator(self) -> dict[str, Any] | None:
+        """The generator declaration ``{"generator", "args", "kwargs"}`` this graph was built
+        from, or ``None`` (not built by one, or its edges or couplings changed since)."""
+        if self._generator is None or _edge_signature(self.graph) != self._generator_signature:
+            return None
+        return {
+            k: (list(v) if k == "args" else dict(v) if k == "kwargs" else v)
+            for k, v in self._generator.items()
+        }
+
     def _rebind(self, shape: torch.Size) -> GraphMRFSupport:
-        return GraphMRFSupport(self.graph, self.coupling, self.bias, shape, **self._bp_kwargs())
+        out = GraphMRFSupport(self.graph, self.coupling, self.bias, shape, **self._bp_kwargs())
+        out._generator, out._generator_signature = self._generator, self._generator_signature
+        return out
 
     def _build(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         edges = list(self.graph.edges(data="coupling", default=self.coupling))
@@ -588,13 +901,29 @@ class GraphMRFSupport(_PairwiseMRFSupport):
         return edge_index, log_pot.to(dtype=dtype, device=device), bias
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "num_nodes": self.graph.number_of_nodes(),
-            "edges": [list(e) for e in self.graph.edges],
-            "coupling": self.coupling,
-            "bias": self.bias,
-        }
+        """The declaration: the generator form when the graph came from
+        :meth:`from_generator` unchanged, else ``num_nodes`` and the edge list, an edge with its
+        own coupling as ``[i, j, coupling]``."""
+        out: dict[str, Any] = {"type": self.kind}
+        generator = self.generator
+        n = self.graph.number_of_nodes()
+        if generator is not None:
+            out["generator"] = generator["generator"]
+            if generator["args"]:
+                out["args"] = generator["args"]
+            if generator["kwargs"]:
+                out["kwargs"] = generator["kwargs"]
+        else:
+            out["num_nodes"] = n
+            out["edges"] = [
+                [i, j] if c is None else [i, j, float(c)]
+                for i, j, c in self.graph.edges(data="coupling")
+            ]
+        out["coupling"] = self.coupling
+        out["bias"] = list(self.bias) if isinstance(self.bias, list) else self.bias
+        if tuple(self._require_shape()) != (n,):
+            out |= self._shape_dict()
+        return out | self._bp_kwargs()
 
 
 _KINDS: dict[str, type[SupportStructure]] = {
@@ -602,25 +931,106 @@ _KINDS: dict[str, type[SupportStructure]] = {
     for cls in (MarkovChainSupport, GridMRFSupport, GraphMRFSupport, IndependentSupport)
 }
 
+_BP_FIELDS = ("bp_iters", "bp_damping", "bp_tol", "gibbs_sweeps")
+#: ``{type: (required fields, optional fields)}`` of a support declaration.
+_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "chain": (("p01", "p10"), ("along", "shape")),
+    "grid": (("p01", "p10"), ("grid", "shape", *_BP_FIELDS)),
+    "independent": (("p",), ("shape",)),
+    "graph": (
+        (),
+        ("generator", "args", "kwargs", "num_nodes", "edges", "coupling", "bias", "shape")
+        + _BP_FIELDS,
+    ),
+}
+_VALIDATORS: dict[str, Any] = {
+    "p01": _check_prob,
+    "p10": _check_prob,
+    "p": _check_prob,
+    "along": _check_along,
+    "shape": lambda owner, name, v: _check_sizes(owner, name, v),
+    "grid": lambda owner, name, v: _check_sizes(owner, name, v, 2),
+    "bp_iters": lambda owner, name, v: _check_int(owner, name, v, 1),
+    "bp_damping": _check_damping,
+    "bp_tol": _check_tol,
+    "gibbs_sweeps": lambda owner, name, v: _check_int(owner, name, v, 1),
+    "coupling": _check_finite,
+}
 
-def support_from_dict(spec: dict[str, Any]) -> SupportStructure:
+
+def support_from_dict(spec: Mapping[str, Any], *, where: str = "support") -> SupportStructure:
     """Build a support structure from its declaration, e.g. ``{"type": "chain", "p01": 0.01,
     "p10": 0.1}``; the inverse of :meth:`SupportStructure.to_dict`.
 
-    :raises ValueError: on an unknown type or a bad / unknown field.
+    A graph is declared either by a networkx generator from :data:`GRAPH_GENERATORS`
+    (``generator``, ``args``, ``kwargs``) or by an edge list (``edges: [[i, j], ...]``, an edge
+    with its own coupling as ``[i, j, coupling]``; ``num_nodes`` defaults to the size of
+    ``shape``, else to one more than the largest node index).
+
+    :param spec: the declaration.
+    :param str where: what error messages call the declaration (``"support"``).
+    :returns: the support structure.
+    :raises ValueError: naming the field, on an unknown type, a missing, unknown or bad field.
+
+    Example::
+
+        >>> support_from_dict({"type": "graph", "generator": "grid_2d_graph", "args": [16, 160],
+        ...                    "coupling": 0.5, "bias": -1.0})
     """
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"support declaration must be a dict with a 'type', got {spec!r}")
-    spec = dict(spec)
-    kind = spec.pop("type")
-    if kind not in _KINDS:
-        raise ValueError(f"support.type must be one of {sorted(_KINDS)}, got {kind!r}")
-    if kind == "graph":
-        graph = nx.Graph()
-        graph.add_nodes_from(range(int(spec.pop("num_nodes"))))
-        graph.add_edges_from(tuple(e) for e in spec.pop("edges", []))
-        spec["graph"] = graph
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where} must be a mapping with a 'type', got {spec!r}")
+    if "type" not in spec:
+        raise ValueError(f"{where}.type is required, one of {sorted(_KINDS)}")
+    kind = spec["type"]
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"{where}.type must be one of {sorted(_KINDS)}, got {kind!r}")
+    required, optional = _FIELDS[kind]
+    fields = {k: v for k, v in spec.items() if k != "type"}
+    unknown = sorted((k for k in fields if k not in required + optional), key=str)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown fields {unknown} for type {kind!r}; its fields are "
+            f"{sorted(required + optional)}"
+        )
+    for name in required:
+        if name not in fields:
+            raise ValueError(f"{where}.{name} is required for type {kind!r}")
+    kwargs = {
+        name: _VALIDATORS[name](where, name, value)
+        for name, value in fields.items()
+        if name in _VALIDATORS
+    }
     try:
-        return _KINDS[kind](**spec)
-    except TypeError as e:
-        raise ValueError(f"support ({kind}): {e}") from e
+        if kind != "graph":
+            return _KINDS[kind](**kwargs)
+        common = {"coupling": kwargs.pop("coupling", 1.0), **kwargs}
+        if "generator" in fields:
+            clash = sorted(k for k in ("edges", "num_nodes") if k in fields)
+            if clash:
+                raise ValueError(f"{where}: give a generator or an edge list {clash}, not both")
+            graph, generated = _generate_graph(
+                where, fields["generator"], fields.get("args", []), fields.get("kwargs", {})
+            )
+        else:
+            stray = sorted(k for k in ("args", "kwargs") if k in fields)
+            if stray:
+                raise ValueError(f"{where}: {stray} need a generator")
+            if "edges" not in fields and "num_nodes" not in fields:
+                raise ValueError(
+                    f"{where}: type 'graph' needs a generator (e.g. generator: grid_2d_graph, "
+                    "args: [16, 160]) or an edge list (edges: [[0, 1], [1, 2], ...])"
+                )
+            graph = _edge_list_graph(
+                where, fields.get("num_nodes"), fields.get("edges", []), fields.get("shape")
+            )
+            generated = None
+        bias = _check_bias(where, fields.get("bias", 0.0), graph.number_of_nodes())
+        support = GraphMRFSupport(graph, bias=bias, **common)
+        if generated is not None:
+            support._generator = generated
+            support._generator_signature = _edge_signature(graph)
+        return support
+    except ValueError as e:
+        if str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: {e}") from e

@@ -1,12 +1,10 @@
 import itertools
 
-import networkx as nx
 import pyro.distributions as dist
 import pytest
 import torch
 
 from pyro_dturbo.models import (
-    GraphMRFSupport,
     GridMRFSupport,
     IndependentSupport,
     MarginalPrecision,
@@ -15,23 +13,7 @@ from pyro_dturbo.models import (
 )
 from tests.common import assert_close
 
-SUPPORTS = [
-    MarkovChainSupport(p01=0.05, p10=0.2, along="cols"),
-    GridMRFSupport(p01=0.1, p10=0.3, grid=(4, 8)),
-    GraphMRFSupport(nx.path_graph(5), coupling=1.5, bias=-1.0),
-    IndependentSupport(p=0.2),
-]
-
-
-@pytest.mark.parametrize("support", SUPPORTS, ids=lambda s: type(s).__name__)
-def test_dict_and_yaml_round_trip(support, tmp_path):
-    prior = SparsePrior(support, active=(2.0, 1.0), inactive=(50.0, 1e-3))
-    again = SparsePrior.from_dict(prior.to_dict())
-    assert again.to_dict() == prior.to_dict()
-    path = tmp_path / "prior.yaml"
-    prior.to_yaml(path)
-    assert SparsePrior.from_yaml(path).to_dict() == prior.to_dict()
-    assert SparsePrior.from_yaml(prior.to_yaml()).to_dict() == prior.to_dict()
+# Round trips of declarations (by behaviour) and bad declarations: tests/models/test_declarations.py
 
 
 def test_swap_structure_in_one_line():
@@ -54,6 +36,8 @@ def test_swap_structure_in_one_line():
         ({"support": {"type": "bogus"}}, "support.type"),
         ({"support": {"type": "chain", "p01": 0.1, "p10": 0.1}, "colour": 1}, "colour"),
         ({"support": {"type": "chain", "p01": 0.1, "p10": 0.1, "along": "diag"}}, "along"),
+        ({"support": {"type": "chain", "p01": 0.1, "p10": 0.1}, "active": 1.0}, "active"),
+        ({"support": {"type": "graph", "p01": 0.1, "p10": 0.1}}, "p01"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_field(spec, field):

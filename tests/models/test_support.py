@@ -27,6 +27,7 @@ def _brute_force_posterior_logits(support, evidence):
     return torch.logit(p).reshape(evidence.shape)
 
 
+@pytest.mark.float64(reason="exact to 1e-8 against enumeration")
 @pytest.mark.parametrize(
     "support",
     [
@@ -53,6 +54,7 @@ def test_chain_orientation_matters():
     assert_close(rows.log_prob(s), cols.log_prob(s.T))
 
 
+@pytest.mark.float64(reason="equal to 1e-10")
 def test_grid_log_prob_is_product_of_row_and_column_chains_up_to_a_constant():
     grid = GridMRFSupport(0.2, 0.3).with_shape((3, 4))
     rows = MarkovChainSupport(0.2, 0.3, along="rows").with_shape((3, 4))
@@ -125,6 +127,7 @@ def test_shapes_are_checked():
         GraphMRFSupport(nx.path_graph(3)).with_shape((4,))
 
 
+@pytest.mark.float64(reason="equal to 1e-10")
 def test_batched_extrinsic_equals_layer_by_layer():
     """Chains of several layers (rows and columns, different lengths) in one padded scan."""
     from pyro_dturbo.inference.module_b import batched_extrinsic

@@ -1,5 +1,5 @@
-"""How clients and the server cooperate (D-Turbo-VBI, DESIGN section 6).
+"""How clients and the server cooperate: D-Turbo-VBI (arXiv:2404.07532).
 
-Empty so far: federation is a later issue; the package exists so the three-room layout
-(models, inference, federation) is fixed from the start.
+Not built yet: the federated rounds are sketched in ``docs/algorithm.md``. The package exists so
+the layout (ops, models, inference, federation) is fixed from the start.
 """

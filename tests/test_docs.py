@@ -27,26 +27,38 @@ FORBIDDEN = (
     "groundwork issue",
 )
 
-_SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache",
-              ".ruff_cache", "build", "dist"}
+_SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+    "build",
+    "dist",
+}
 
 
 def _repository_files() -> list[str]:
-    """Tracked files (``git ls-files``); without git, every file outside caches and venvs."""
+    """Tracked files and untracked ones git does not ignore (``git ls-files``); without git,
+    every file outside caches and virtual environments."""
     try:
         out = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
-        files = [f for f in out.decode().split("\0") if f]
+        files = sorted({f for f in out.decode().split("\0") if f})
         if files:
             return files
     except (OSError, subprocess.SubprocessError):
         pass
     files = []
     for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [
-            d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info")
-        ]
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
         for name in filenames:
             files.append((Path(dirpath) / name).relative_to(ROOT).as_posix())
     return files
@@ -83,9 +95,7 @@ def _offences() -> list[str]:
 
 def test_no_pointers_outside_the_repository():
     offences = _offences()
-    assert not offences, "files point at material outside the repository:\n" + "\n".join(
-        offences
-    )
+    assert not offences, "files point at material outside the repository:\n" + "\n".join(offences)
 
 
 def _readme_python_blocks() -> list[str]:

@@ -1,15 +1,16 @@
 """Structured network compression: Turbo-VBI (chain prior, independent ablation) against
-magnitude pruning and mean-field SVI at the same density, on the digits MLP (DESIGN section 8).
+magnitude pruning and mean-field SVI at the same density, on the digits MLP (experiments of the
+kind of arXiv:2302.10483, Sec. VI, on a small data set).
 
-Per seed, :func:`~pyro_dturbo.experiment.run_compression` trains the dense MLP, then Turbo-VBI
-from its weights (chain prior with the defaults, the same with ``finetune="vb"``, the chain
-prior with the ``log_mixture`` weight prior, the reference demo's grid MRF prior, then the
+Per seed, :func:`~pyro_dturbo.experiments.compress.run_compression` trains the dense MLP, then
+Turbo-VBI from its weights (chain prior with the defaults, the same with ``finetune="vb"``, the
+chain prior with the ``log_mixture`` weight prior, the reference demo's grid MRF prior, then the
 independent prior as the ablation); the dense network of the chain run is then pruned by
 magnitude to the chain run's density (fine-tuned for the same epochs) and fitted by SVI
 (``AutoNormal``, Gaussian prior) pruned to that density too.
 
 Writes ``results/compress.json`` (config, machine, per-seed records, medians per method, the
-DESIGN targets as pass / fail, timings), ``results/compress.png`` (accuracy against density per
+targets as pass / fail, timings), ``results/compress.png`` (accuracy against density per
 method, FLOPs ratio, epoch times) and ``results/compress_support.png`` (``q(s = 1)`` of seed 0's
 chain network), and prints the table::
 
@@ -25,11 +26,10 @@ other, and compared as ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,8 @@ from pyro_dturbo.compression import (
     plot_support,
 )
 from pyro_dturbo.data import ClassificationData, load_dataset
-from pyro_dturbo.evaluation import machine_info
-from pyro_dturbo.experiment import (
+from pyro_dturbo.experiments.compress import (
+    COMPRESS_NETWORK,
     CompressConfig,
     magnitude_baseline,
     network_prior,
@@ -51,7 +51,8 @@ from pyro_dturbo.experiment import (
     svi_baseline,
     train_dense,
 )
-from pyro_dturbo.inference.network import fit_network
+from pyro_dturbo.experiments.tables import format_table, machine_info, median, summarise, write_json
+from pyro_dturbo.inference.network import NetworkConfig, fit_network
 from pyro_dturbo.models.layers import to_sparse_bayes
 from pyro_dturbo.models.zoo import MLP, DemoAlexNet
 
@@ -89,7 +90,7 @@ SMOKE = {
     "alexnet_epochs": 2,
     "alexnet_examples": 128,
 }
-# DESIGN section 8, plus the epoch-time budget of the compression issue
+# the compression targets: sparsity, accuracy, FLOPs, structure and the epoch-time budget
 TARGETS = {
     "fraction_pruned": 0.95,
     "accuracy_loss_points": 1.0,
@@ -188,15 +189,18 @@ def _config(
     weight_prior: str = "mean_field",
     finetune: str = "map",
 ) -> CompressConfig:
-    return CompressConfig(
+    network = COMPRESS_NETWORK.replace(
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
         weight_prior=weight_prior,
         finetune=finetune,
+    )
+    return CompressConfig(
         dataset="digits",
         model="mlp",
         hidden=tuple(args.hidden),
         prior=prior,
-        epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs,
+        network=network,
         dense_epochs=args.dense_epochs,
         seed=seed,
     )
@@ -298,11 +302,6 @@ def _print_record(record: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _median(values: Iterable[float | None]) -> float | None:
-    kept = [float(v) for v in values if v is not None]
-    return statistics.median(kept) if kept else None
-
-
 def _epoch_times(
     dense: torch.nn.Module,
     x: torch.Tensor,
@@ -324,17 +323,10 @@ def _epoch_times(
         dense, x, y, epochs=epochs, batch_size=batch_size, lr=dense_lr, seed=seed
     )
     net = to_sparse_bayes(dense)
-    result = fit_network(
-        net,
-        x,
-        y,
-        network_prior(prior),
-        epochs=2 * epochs,
-        batch_size=batch_size,
-        lr=lr,
-        finetune_epochs=epochs,
-        seed=seed,
+    config = NetworkConfig(
+        epochs=2 * epochs, batch_size=batch_size, lr=lr, finetune_epochs=epochs, seed=seed
     )
+    result = fit_network(net, x, y, network_prior(prior), config)
     history = result.history
     return {
         "dense": dense_times,
@@ -382,9 +374,9 @@ def time_mlp(args: argparse.Namespace) -> dict[str, Any]:
                 data.x_train,
                 data.y_train,
                 epochs=args.timing_epochs,
-                batch_size=config.batch_size,
+                batch_size=config.network.batch_size,
                 dense_lr=config.dense_lr,
-                lr=config.lr,
+                lr=config.network.lr,
                 prior="chain",
                 seed=repeat,
             )
@@ -398,7 +390,7 @@ def time_mlp(args: argparse.Namespace) -> dict[str, Any]:
         "model": f"mlp {list(args.hidden)}",
         "dataset": "digits",
         "num_train": len(data.y_train),
-        "batch_size": config.batch_size,
+        "batch_size": config.network.batch_size,
         "repeats": args.timing_repeats,
         "epochs": args.timing_epochs,
         **_summarise_times(runs),
@@ -420,16 +412,16 @@ def time_alexnet(args: argparse.Namespace) -> dict[str, Any]:
         x,
         y,
         epochs=args.alexnet_epochs,
-        batch_size=config.batch_size,
+        batch_size=config.network.batch_size,
         dense_lr=config.dense_lr,
-        lr=config.lr,
+        lr=config.network.lr,
         prior="chain",
         seed=0,
     )
     return {
         "model": "DemoAlexNet",
         "data": f"random normal, {args.alexnet_examples} x 3 x 32 x 32, random labels",
-        "batch_size": config.batch_size,
+        "batch_size": config.network.batch_size,
         "epochs": args.alexnet_epochs,
         **_summarise_times([times]),
         "runs": [times],
@@ -441,35 +433,32 @@ def time_alexnet(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def summarise(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Medians per method over seeds."""
-    rows = []
-    for method in METHODS:
-        rs = [r for r in records if r["method"] == method]
-        if not rs:
-            continue
-        rows.append(
-            {
-                "method": method,
-                "runs": len(rs),
-                "density": _median(r["density"] for r in rs),
-                "accuracy": _median(r["accuracy"] for r in rs),
-                "accuracy_dense": _median(r["accuracy_dense"] for r in rs),
-                "accuracy_loss_points": _median(
-                    100 * (r["accuracy_dense"] - r["accuracy"]) for r in rs
-                ),
-                "flops_ratio": _median(r.get("flops_ratio") for r in rs),
-                "flops_fraction": _median(
-                    r["flops_compressed"] / r["flops_dense"] for r in rs if "flops_dense" in r
-                ),
-                "fraction_in_whole_units": _median(r.get("fraction_in_whole_units") for r in rs),
-                "bytes_compressed": _median(r.get("bytes_compressed") for r in rs),
-                "epoch_time": _median(r.get("epoch_time_turbo", r.get("epoch_time")) for r in rs),
-                "epoch_time_dense": _median(r.get("epoch_time_dense") for r in rs),
-                "epoch_time_ratio": _median(r.get("epoch_time_ratio") for r in rs),
-            }
-        )
-    return rows
+def summarise_methods(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Medians per method over seeds, methods in the order of ``METHODS``."""
+    return summarise(
+        records,
+        ("method",),
+        {
+            "density": "density",
+            "accuracy": "accuracy",
+            "accuracy_dense": "accuracy_dense",
+            "accuracy_loss_points": lambda rs: median(
+                100 * (r["accuracy_dense"] - r["accuracy"]) for r in rs
+            ),
+            "flops_ratio": "flops_ratio",
+            "flops_fraction": lambda rs: median(
+                r["flops_compressed"] / r["flops_dense"] for r in rs if "flops_dense" in r
+            ),
+            "fraction_in_whole_units": "fraction_in_whole_units",
+            "bytes_compressed": "bytes_compressed",
+            "epoch_time": lambda rs: median(
+                r.get("epoch_time_turbo", r.get("epoch_time")) for r in rs
+            ),
+            "epoch_time_dense": "epoch_time_dense",
+            "epoch_time_ratio": "epoch_time_ratio",
+        },
+        order=lambda key: METHODS.index(key[0]),
+    )
 
 
 def _check(value: float | None, target: float, passes: bool, description: str) -> dict[str, Any]:
@@ -575,7 +564,7 @@ def plot(
     ax_flops.legend(fontsize="small")
 
     names = ["dense"] + [r["method"] for r in summary if r["epoch_time"] is not None]
-    dense_time = _median(r["epoch_time_dense"] for r in summary)
+    dense_time = median(r["epoch_time_dense"] for r in summary)
     values = [dense_time] + [r["epoch_time"] for r in summary if r["epoch_time"] is not None]
     colours = ["k"] + [f"C{METHODS.index(n)}" for n in names[1:]]
     ax_time.bar_label(ax_time.bar(names, values, color=colours), fmt="%.3f")
@@ -590,23 +579,17 @@ def plot(
     return path
 
 
-def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
-    def fmt(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    header = (
-        f"{'method':<18} {'density':>8} {'acc':>7} {'dense':>7} {'loss pt':>8} "
-        f"{'FLOPs/':>8} {'whole':>6} {'epoch s':>8} {'x dense':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in summary:
-        lines.append(
-            f"{r['method']:<18} {fmt(r['density'], '.4f'):>8} {fmt(r['accuracy'], '.4f'):>7} "
-            f"{fmt(r['accuracy_dense'], '.4f'):>7} {fmt(r['accuracy_loss_points'], '.2f'):>8} "
-            f"{fmt(r['flops_ratio'], '.1f'):>8} {fmt(r['fraction_in_whole_units'], '.2f'):>6} "
-            f"{fmt(r['epoch_time'], '.4f'):>8} {fmt(r['epoch_time_ratio'], '.2f'):>8}"
-        )
-    return "\n".join(lines)
+TABLE_COLUMNS = (
+    ("method", "method", ""),
+    ("density", "density", ".4f"),
+    ("acc", "accuracy", ".4f"),
+    ("dense", "accuracy_dense", ".4f"),
+    ("loss pt", "accuracy_loss_points", ".2f"),
+    ("FLOPs/", "flops_ratio", ".1f"),
+    ("whole", "fraction_in_whole_units", ".2f"),
+    ("epoch s", "epoch_time", ".4f"),
+    ("x dense", "epoch_time_ratio", ".2f"),
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -642,7 +625,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"seed {seed}", flush=True)
         first = seed == args.seeds[0]
         records.extend(run_seed(args, seed, paths["support_png"] if first else None))
-    summary = summarise(records)
+    summary = summarise_methods(records)
 
     timing = alexnet = None
     if args.timing:
@@ -663,11 +646,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "alexnet_timing": alexnet,
         "records": records,
     }
-    paths["json"].write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_json(paths["json"], report)
     plot(records, summary, paths["png"])
 
     print()
-    print(format_table(summary))
+    print(format_table(summary, TABLE_COLUMNS, style="text"))
     print("\n(medians over seeds; loss pt = points of test accuracy lost against dense;")
     print(" FLOPs/ = dense FLOPs / compact FLOPs; whole = pruned weights in whole rows/columns)")
     if timing is not None:

@@ -15,9 +15,6 @@ where per-op overhead rather than arithmetic sets the time (at least 200 repeats
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +23,7 @@ from typing import Any
 
 import torch
 
+from pyro_dturbo.experiments.tables import machine_info, write_json
 from pyro_dturbo.ops.chain import chain_log_init, chain_log_transition, forward_backward
 from pyro_dturbo.ops.loopy import grid_edges, loopy_bp
 
@@ -113,21 +111,6 @@ def bench_grid(
     }
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
@@ -161,8 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(device),
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
 
     print(f"{'case':<46} {'median':>10} {'per unit':>22}")
     for r in results:

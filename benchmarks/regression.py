@@ -1,5 +1,6 @@
 """Clustered sparse regression: Turbo-VBI (chain, grid, independent priors) against Pyro SVI,
-oracle least squares and, on small problems, NUTS (DESIGN section 8).
+oracle least squares and, on small problems, NUTS (the clustered-support setting of
+docs/algorithm.md, "Support structures").
 
 Writes ``results/regression.json`` (config, machine, records, per-(method, M) summary, the
 smallest M with >= 90% success per method, the NUTS comparison) and ``results/regression.png``
@@ -9,30 +10,30 @@ smallest M with >= 90% success per method, the NUTS comparison) and ``results/re
     python benchmarks/regression.py --smoke      # tiny sizes, -> results/regression_smoke.*
     python benchmarks/regression.py --no-nuts --methods turbo-chain oracle
 
-All the logic lives in :mod:`pyro_dturbo.evaluation`; this script only sets the sizes.
+All the logic lives in :mod:`pyro_dturbo.experiments.regression`; this script only sets the
+sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyro_dturbo.evaluation import (
+from pyro_dturbo.experiments.regression import (
     METHODS,
     compare_regression,
     compare_with_nuts,
-    format_table,
-    machine_info,
+    format_regression_table,
     save_comparison,
     smallest_successful_m,
-    summarise,
     summarise_nuts,
+    summarise_regression,
 )
+from pyro_dturbo.experiments.tables import machine_info, write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
 FULL = {
@@ -60,6 +61,7 @@ SMOKE = {
     "nuts_warmup": 20,
     "nuts_tree_depth": 4,
 }
+DTYPE = torch.float64  # the problems' dtype; every method computes in it
 DEFAULT_METHODS = ["turbo-chain", "turbo-grid", "turbo-independent", "svi", "oracle"]
 
 
@@ -103,7 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_default_dtype(torch.float64)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     name = "regression_smoke" if args.smoke else "regression"
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "svi_steps": args.svi_steps,
         "max_iters": args.max_iters,
         "known_noise": args.known_noise,
+        "dtype": str(DTYPE).removeprefix("torch."),
     }
     if args.only_nuts:
         return run_nuts_only(args)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         known_noise=args.known_noise,
         svi_steps=args.svi_steps,
         max_iters=args.max_iters,
+        dtype=DTYPE,
         progress_bar=not args.no_progress_bar,
     )
     extra: dict[str, Any] = {"wall_time_s": time.perf_counter() - start}
@@ -140,16 +143,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_nuts:
         nuts_config = _nuts_config(args)
         nuts_records = compare_with_nuts(
-            range(args.nuts_seeds), **nuts_config, progress_bar=not args.no_progress_bar
+            range(args.nuts_seeds),
+            **nuts_config,
+            dtype=DTYPE,
+            progress_bar=not args.no_progress_bar,
         )
         extra["nuts"] = {
-            "config": {**nuts_config, "seeds": list(range(args.nuts_seeds)), "known_noise": True},
+            "config": {
+                **nuts_config,
+                "seeds": list(range(args.nuts_seeds)),
+                "known_noise": True,
+                "dtype": str(DTYPE).removeprefix("torch."),
+            },
             "summary": summarise_nuts(nuts_records),
             "records": nuts_records,
         }
 
     paths = save_comparison(records, args.out, name, config=config, extra=extra, rate=args.rate)
-    print(format_table(summarise(records)))
+    print(format_regression_table(summarise_regression(records)))
     smallest = smallest_successful_m(records, args.rate)
     print(f"\nsmallest M with >= {args.rate:.0%} success (every larger M too):")
     for method, m in smallest.items():
@@ -182,18 +193,22 @@ def run_nuts_only(args: argparse.Namespace) -> dict[str, Any]:
     """The Turbo-VBI vs NUTS comparison alone, written to ``regression_nuts.json``."""
     nuts_config = _nuts_config(args)
     records = compare_with_nuts(
-        range(args.nuts_seeds), **nuts_config, progress_bar=not args.no_progress_bar
+        range(args.nuts_seeds), **nuts_config, dtype=DTYPE, progress_bar=not args.no_progress_bar
     )
     summary = summarise_nuts(records)
     out = {
-        "config": {**nuts_config, "seeds": list(range(args.nuts_seeds)), "known_noise": True},
+        "config": {
+            **nuts_config,
+            "seeds": list(range(args.nuts_seeds)),
+            "known_noise": True,
+            "dtype": str(DTYPE).removeprefix("torch."),
+        },
         "summary": summary,
         "records": records,
         "machine": machine_info(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("regression_nuts_smoke.json" if args.smoke else "regression_nuts.json")
-    path.write_text(json.dumps(out, indent=2))
+    write_json(path, out)
     print(
         f"Turbo-VBI vs NUTS (N={args.nuts_weights}, M={args.nuts_obs}, {summary['runs']} seeds): "
         f"support marginals max |diff| {summary['max_abs_diff']:.3f}, "

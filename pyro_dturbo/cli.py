@@ -19,25 +19,26 @@ from pathlib import Path
 
 import torch
 
-from pyro_dturbo.evaluation import (
+from pyro_dturbo.experiments.regression import (
     METHODS,
     compare_regression,
-    format_table,
+    format_regression_table,
     save_comparison,
     smallest_successful_m,
-    summarise,
+    summarise_regression,
 )
 
 __all__ = ["main", "build_parser"]
 
 #: The demo's comparison: N = 512 (the benchmark's size), three M across the chain prior's phase
 #: transition, three seeds. SVI gets few steps so the whole run stays well under two minutes on
-#: two cores; the full comparison is ``benchmarks/regression.py``.
+#: two cores; the full comparison is ``benchmarks/regression.py``. The problems are float64.
 DEMO_NUM_WEIGHTS = 512
 DEMO_NUM_OBS = (96, 128, 160)
 DEMO_SEEDS = 3
 DEMO_METHODS = ("turbo-chain", "turbo-independent", "svi", "oracle")
 DEMO_SVI_STEPS = 300
+DEMO_DTYPE = torch.float64
 
 
 def _positive_int(text: str) -> int:
@@ -58,30 +59,27 @@ def _demo(args: argparse.Namespace) -> int:
         "p01": 0.01,
         "p10": 0.1,
         "snr_db": 30.0,
+        "dtype": str(DEMO_DTYPE).removeprefix("torch."),
     }
     print(
         f"dturbo demo: clustered sparse regression, N={args.num_weights}, "
         f"M in {list(args.num_obs)}, {len(seeds)} seeds, methods {', '.join(args.methods)}"
     )
     start = time.perf_counter()
-    old_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # the baselines build tensors at the default dtype
-    try:
-        records = compare_regression(
-            args.num_obs,
-            seeds,
-            num_weights=args.num_weights,
-            methods=args.methods,
-            svi_steps=args.svi_steps,
-            progress_bar=not args.no_progress_bar,
-        )
-    finally:
-        torch.set_default_dtype(old_dtype)
+    records = compare_regression(
+        args.num_obs,
+        seeds,
+        num_weights=args.num_weights,
+        methods=args.methods,
+        svi_steps=args.svi_steps,
+        dtype=DEMO_DTYPE,
+        progress_bar=not args.no_progress_bar,
+    )
     elapsed = time.perf_counter() - start
     paths = save_comparison(
         records, args.out, "demo", config=config, extra={"wall_time_s": elapsed}
     )
-    print(format_table(summarise(records)))
+    print(format_regression_table(summarise_regression(records)))
     smallest = smallest_successful_m(records)
     print(
         "smallest M with >= 90% success: "
@@ -92,7 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from pyro_dturbo.experiment import CompressConfig, run_compression
+    from pyro_dturbo.experiments.compress import COMPRESS_NETWORK, CompressConfig, run_compression
 
     if args.finetune_epochs >= args.epochs:
         print(
@@ -101,16 +99,23 @@ def _compress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        network = COMPRESS_NETWORK.replace(
+            epochs=args.epochs,
+            finetune_epochs=args.finetune_epochs,
+            kl_weight=args.kl_weight,
+            weight_prior=args.weight_prior,
+            finetune=args.finetune,
+        )
+    except ValueError as error:  # a setting out of range, named
+        print(f"dturbo compress: {error}", file=sys.stderr)
+        return 2
     config = CompressConfig(
         dataset=args.dataset,
         model=args.model,
         prior=args.prior,
-        epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs,
+        network=network,
         dense_epochs=args.dense_epochs,
-        kl_weight=args.kl_weight,
-        weight_prior=args.weight_prior,
-        finetune=args.finetune,
         seed=args.seed,
         data_root=None if args.data_root is None else str(args.data_root),
         download=args.download,
@@ -176,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--svi-steps", type=_positive_int, default=DEMO_SVI_STEPS, help=hidden)
     demo.set_defaults(func=_demo)
 
-    from pyro_dturbo.data import DATASETS
+    from pyro_dturbo.data.datasets import DATASETS
     from pyro_dturbo.models.zoo import ZOO
 
     compress = sub.add_parser(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pyro_dturbo.cli import build_parser, main
+from pyro_dturbo.models import SparsePrior
 
 # seeds 6 and 7 give 3 and 13 active weights at N=64
 TINY = [
@@ -25,6 +26,7 @@ TINY = [
 
 
 def test_demo_writes_json_and_png(tmp_path, capsys):
+    dtype = torch.get_default_dtype()
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seed", "6", *TINY]) == 0
     report = json.loads((out / "demo.json").read_text())
@@ -41,7 +43,24 @@ def test_demo_writes_json_and_png(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| turbo-chain | 40 |" in printed
     assert str(out / "demo.json") in printed
-    assert torch.get_default_dtype() == torch.float64  # restored, not leaked
+    assert report["config"]["dtype"] == "float64"
+    assert torch.get_default_dtype() == dtype  # never set
+
+
+def test_cli_leaves_the_default_dtype_alone(tmp_path, torch_default_dtype):
+    """Every method runs on float64 problems passed explicitly, under torch's float32 default,
+    and the entry function neither needs nor changes the global default dtype."""
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--num-weights", "16", "--num-obs", "12"]
+    argv += ["--seed", "4", "--seeds", "1", "--svi-steps", "5", "--no-progress-bar"]
+    argv += ["--methods", "turbo-chain", "turbo-independent", "svi", "oracle"]
+    assert main(argv) == 0
+    assert torch.get_default_dtype() == torch_default_dtype
+    report = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert len(report["records"]) == 4
+    argv = ["compress", "--epochs", "2", "--finetune-epochs", "1", "--dense-epochs", "1"]
+    argv += ["--hidden", "4", "--out", str(tmp_path / "compress"), "--no-progress-bar"]
+    assert main(argv) == 0
+    assert torch.get_default_dtype() == torch_default_dtype
 
 
 def test_demo_with_svi(tmp_path):
@@ -89,3 +108,73 @@ def test_module_entry_point():
     )
     assert proc.returncode == 0
     assert "demo" in proc.stdout
+
+
+def test_cli_compress_writes_report(tmp_path, capsys):
+    code = main(
+        [
+            "compress",
+            "--epochs",
+            "3",
+            "--finetune-epochs",
+            "1",
+            "--dense-epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--no-progress-bar",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "report.json").exists() and (tmp_path / "support.png").exists()
+    assert "FLOPs" in capsys.readouterr().out
+    config = json.loads((tmp_path / "report.json").read_text())["config"]
+    assert (config["epochs"], config["finetune_epochs"], config["dense_epochs"]) == (3, 1, 2)
+    assert config["hidden"] == [8] and config["batch_size"] == 64
+
+
+def test_cli_compress_bad_inputs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--dataset", "imagenet"])
+    assert main(["compress", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
+    assert "data root is required" in capsys.readouterr().err
+    code = main(
+        ["compress", "--dataset", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path)]
+    )
+    assert code == 2
+    assert "MNIST" in capsys.readouterr().err
+    prior = SparsePrior.chain(layer_priors={"fc7": SparsePrior.chain()})
+    path = tmp_path / "prior.yaml"
+    prior.to_yaml(path)
+    code = main(
+        [
+            "compress",
+            "--prior",
+            str(path),
+            "--hidden",
+            "8",
+            "--epochs",
+            "2",
+            "--finetune-epochs",
+            "0",
+            "--dense-epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    assert "fc7" in capsys.readouterr().err
+    assert main(["compress", "--epochs", "2", "--finetune-epochs", "2"]) == 2
+    assert main(["compress", "--kl-weight", "-1", "--out", str(tmp_path)]) == 2
+    assert "kl_weight" in capsys.readouterr().err
+    assert main(["compress", "--device", "tpu9", "--out", str(tmp_path)]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cli_compress_cuda_without_gpu(tmp_path, capsys):
+    assert main(["compress", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -4,16 +4,16 @@ import math
 import pytest
 import torch
 
-from pyro_dturbo.evaluation import (
+from pyro_dturbo.experiments.regression import (
     SUCCESS_MARGIN_DB,
     compare_regression,
-    format_table,
+    format_regression_table,
     grid_layout,
     plot_phase_transition,
     regression_priors,
     save_comparison,
     smallest_successful_m,
-    summarise,
+    summarise_regression,
 )
 from pyro_dturbo.models import (
     GridMRFSupport,
@@ -38,20 +38,17 @@ FIELDS = {
 
 @pytest.fixture(scope="module")
 def tiny_records():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return compare_regression(
-            [48],
-            [1, 7],  # 37 and 13 active weights (seed 0 has none at N=64)
-            num_weights=64,
-            methods=["turbo-chain", "turbo-grid", "turbo-independent", "svi", "oracle"],
-            svi_steps=20,
-            max_iters=30,
-            progress_bar=False,
-        )
-    finally:
-        torch.set_default_dtype(old)
+    # float64 problems whatever the default dtype: compare_regression passes its dtype down
+    return compare_regression(
+        [48],
+        [1, 7],  # 37 and 13 active weights (seed 0 has none at N=64)
+        num_weights=64,
+        methods=["turbo-chain", "turbo-grid", "turbo-independent", "svi", "oracle"],
+        svi_steps=20,
+        max_iters=30,
+        dtype=torch.float64,
+        progress_bar=False,
+    )
 
 
 def record(method, num_obs, success, nmse=-20.0, f1=0.5, time_s=1.0, **kw):
@@ -138,7 +135,7 @@ def test_summarise_hand_checked():
         record("turbo-chain", 64, False, nmse=-5.0, f1=0.2, time_s=0.2, time_b_fraction=0.1),
         record("oracle", 64, True, nmse=-30.0, f1=1.0, time_s=0.0),
     ]
-    summary = summarise(records)
+    summary = summarise_regression(records)
     assert [(r["method"], r["num_obs"]) for r in summary] == [
         ("turbo-chain", 64),
         ("turbo-chain", 96),
@@ -153,7 +150,7 @@ def test_summarise_hand_checked():
     assert chain96["median_time_b_fraction"] == pytest.approx(0.3)
     assert summary[0]["success_rate"] == 0.0
     assert summary[2]["median_time_b_fraction"] is None
-    table = format_table(summary)
+    table = format_regression_table(summary)
     assert table.count("\n") == 1 + len(summary)
     assert "| turbo-chain | 96 | 2 | 50% | -20.0 |" in table
 

@@ -3,7 +3,8 @@
 This module holds every line the regression benchmark (``benchmarks/regression.py``), the
 ``dturbo demo`` command and the tutorial share: run the methods on generated problems
 (:func:`compare_regression`), score them against oracle least squares, summarise per method and
-number of observations (:func:`summarise`, :func:`smallest_successful_m`), plot the phase
+number of observations (:func:`summarise_regression`, :func:`format_regression_table`,
+:func:`smallest_successful_m`), plot the phase
 transition (:func:`plot_phase_transition`), compare with NUTS where NUTS can run
 (:func:`compare_with_nuts`) and write it all as JSON plus a PNG (:func:`save_comparison`).
 
@@ -33,14 +34,9 @@ References
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
-import os
-import platform
-import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +51,7 @@ from pyro_dturbo.data import (
     oracle_least_squares,
     support_f1,
 )
+from pyro_dturbo.experiments.tables import format_table, machine_info, median, summarise, write_json
 from pyro_dturbo.inference.baselines import run_mcmc, run_svi
 from pyro_dturbo.inference.regression import fit_sparse_regression
 from pyro_dturbo.models import (
@@ -72,13 +69,13 @@ __all__ = [
     "grid_layout",
     "regression_priors",
     "compare_regression",
-    "summarise",
+    "summarise_regression",
     "smallest_successful_m",
-    "format_table",
+    "REGRESSION_COLUMNS",
+    "format_regression_table",
     "plot_phase_transition",
     "compare_with_nuts",
     "summarise_nuts",
-    "machine_info",
     "save_comparison",
 ]
 
@@ -86,7 +83,7 @@ __all__ = [
 METHODS = ("turbo-chain", "turbo-grid", "turbo-independent", "svi", "mcmc", "oracle")
 #: The Turbo-VBI methods and the support structure each uses.
 TURBO_METHODS = ("turbo-chain", "turbo-grid", "turbo-independent")
-#: A run succeeds when its NMSE is at most this far above the oracle's (DESIGN section 8).
+#: A run succeeds when its NMSE is at most this far above the oracle's.
 SUCCESS_MARGIN_DB = 3.0
 
 _DEFAULT_METHODS = ("turbo-chain", "turbo-grid", "turbo-independent", "svi", "oracle")
@@ -183,12 +180,14 @@ def compare_regression(
     mcmc_warmup: int = 500,
     max_iters: int = 200,
     priors: Mapping[str, SparsePrior] | None = None,
+    dtype: torch.dtype = torch.float64,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every method on clustered sparse regression problems, one per ``(M, seed)``.
 
-    Each problem is :func:`~pyro_dturbo.data.clustered_sparse_regression` ``(M, N, seed=seed)``;
-    every method sees the same ``X, y`` and is scored against oracle least squares on it.
+    Each problem is :func:`~pyro_dturbo.data.clustered_sparse_regression` ``(M, N, seed=seed)``
+    in ``dtype``; every method sees the same ``X, y`` and is scored against oracle least squares
+    on it. The default dtype is neither read nor changed.
 
     :param num_obs_list: the numbers of observations ``M`` to try.
     :param seeds: problem seeds (each method is also given the seed).
@@ -198,6 +197,7 @@ def compare_regression(
     :param int svi_steps: SVI gradient steps. :param int mcmc_samples, mcmc_warmup: NUTS.
     :param int max_iters: Turbo-VBI iteration budget.
     :param priors: per-method priors (default :func:`regression_priors`).
+    :param torch.dtype dtype: the problems' dtype (every method computes in it).
     :param bool progress_bar: a tqdm bar over the runs.
     :returns: one record per ``(method, M, seed)`` with ``method, num_obs, num_weights, seed,
         nmse_db, oracle_nmse_db, success, support_f1, time_s, iterations``; Turbo-VBI records
@@ -208,7 +208,7 @@ def compare_regression(
 
         >>> records = compare_regression([96, 128], seeds=range(3), methods=["turbo-chain",
         ...                              "turbo-independent", "oracle"])
-        >>> print(format_table(summarise(records)))
+        >>> print(format_regression_table(summarise_regression(records)))
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -225,7 +225,7 @@ def compare_regression(
     for num_obs in num_obs_list:
         for seed in seeds:
             problem = clustered_sparse_regression(
-                num_obs, num_weights, p01=p01, p10=p10, snr_db=snr_db, seed=seed
+                num_obs, num_weights, p01=p01, p10=p10, snr_db=snr_db, seed=seed, dtype=dtype
             )
             # solved once per problem: the oracle record equals its own reference exactly
             oracle = oracle_least_squares(problem.X, problem.y, problem.support)
@@ -269,12 +269,7 @@ def compare_regression(
     return records
 
 
-def _median(values: Iterable[Any]) -> float | None:
-    clean = [float(v) for v in values if v is not None]
-    return statistics.median(clean) if clean else None
-
-
-def summarise(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def summarise_regression(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per ``(method, M)``: runs, success rate and medians of NMSE, oracle NMSE, F1 and time.
 
     Methods keep their first-seen order; ``M`` ascends within a method.
@@ -283,33 +278,26 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         median_oracle_nmse_db, median_support_f1, median_time_s, median_iterations`` and
         ``median_time_b_fraction`` (``None`` for methods without a Module B).
     """
-    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["method"], int(r["num_obs"])), []).append(r)
-    order = list(dict.fromkeys(r["method"] for r in records))
-    summary = []
-    for method, num_obs in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
-        rs = groups[(method, num_obs)]
-        summary.append(
-            {
-                "method": method,
-                "num_obs": num_obs,
-                "runs": len(rs),
-                "success_rate": sum(bool(r["success"]) for r in rs) / len(rs),
-                "median_nmse_db": _median(r["nmse_db"] for r in rs),
-                "median_oracle_nmse_db": _median(r["oracle_nmse_db"] for r in rs),
-                "median_support_f1": _median(r["support_f1"] for r in rs),
-                "median_time_s": _median(r["time_s"] for r in rs),
-                "median_iterations": _median(r.get("iterations") for r in rs),
-                "median_time_b_fraction": _median(r.get("time_b_fraction") for r in rs),
-            }
-        )
-    return summary
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    return summarise(
+        [{**r, "num_obs": int(r["num_obs"])} for r in records],
+        ("method", "num_obs"),
+        {
+            "success_rate": lambda rs: sum(bool(r["success"]) for r in rs) / len(rs),
+            "median_nmse_db": "nmse_db",
+            "median_oracle_nmse_db": "oracle_nmse_db",
+            "median_support_f1": "support_f1",
+            "median_time_s": "time_s",
+            "median_iterations": "iterations",
+            "median_time_b_fraction": "time_b_fraction",
+        },
+        order=lambda key: (methods.index(key[0]), key[1]),
+    )
 
 
 def _success_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
     rates: dict[str, dict[int, float]] = {}
-    for row in summarise(records):
+    for row in summarise_regression(records):
         rates.setdefault(row["method"], {})[row["num_obs"]] = row["success_rate"]
     return rates
 
@@ -336,23 +324,24 @@ def smallest_successful_m(
     return out
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+#: The columns of :func:`format_regression_table`: header, summary key, format.
+REGRESSION_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("method", "method", ""),
+    ("M", "num_obs", ""),
+    ("runs", "runs", ""),
+    ("success", "success_rate", ".0%"),
+    ("NMSE dB", "median_nmse_db", ".1f"),
+    ("oracle dB", "median_oracle_nmse_db", ".1f"),
+    ("F1", "median_support_f1", ".2f"),
+    ("time s", "median_time_s", ".3f"),
+    ("iters", "median_iterations", ".0f"),
+    ("B share", "median_time_b_fraction", ".0%"),
+)
 
 
-def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of :func:`summarise`'s rows (readable as plain text too)."""
-    header = "| method | M | runs | success | NMSE dB | oracle dB | F1 | time s | iters | B share |"
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
-    for r in summary:
-        lines.append(
-            f"| {r['method']} | {r['num_obs']} | {r['runs']} | {r['success_rate']:.0%} "
-            f"| {_fmt(r['median_nmse_db'], '.1f')} | {_fmt(r['median_oracle_nmse_db'], '.1f')} "
-            f"| {_fmt(r['median_support_f1'], '.2f')} | {_fmt(r['median_time_s'], '.3f')} "
-            f"| {_fmt(r['median_iterations'], '.0f')} "
-            f"| {_fmt(r['median_time_b_fraction'], '.0%')} |"
-        )
-    return "\n".join(lines)
+def format_regression_table(summary: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`summarise_regression`'s rows (readable as plain text too)."""
+    return format_table(summary, REGRESSION_COLUMNS)
 
 
 def plot_phase_transition(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -367,7 +356,7 @@ def plot_phase_transition(records: Sequence[Mapping[str, Any]], path: str | Path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    summary = summarise(records)
+    summary = summarise_regression(records)
     methods = list(dict.fromkeys(r["method"] for r in summary))
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -408,6 +397,7 @@ def compare_with_nuts(
     max_tree_depth: int = 8,
     max_iters: int = 200,
     inactive: tuple[float, float] = (1.0, 1e-4),
+    dtype: torch.dtype = torch.float64,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     """Turbo-VBI against NUTS on small problems, both with the chain prior and the true noise
@@ -420,7 +410,8 @@ def compare_with_nuts(
     ``inactive`` is the inactive Gamma law of the prior both methods use. The default
     ``(1, 1e-4)`` is one under which NUTS mixes (r-hat < 1.05 in ``tests/inference``); with the
     regression default's narrow ``(100, 1e-4)`` the chains rarely cross the gap between the two
-    precision laws (r-hat about 1.6 measured), so NUTS is no reference there.
+    precision laws (r-hat about 1.6 measured), so NUTS is no reference there. The problems are
+    drawn in ``dtype``.
 
     :returns: one record per seed: ``seed, num_weights, num_obs, max_abs_diff`` and
         ``mean_abs_diff`` (of ``q(s = 1)`` against NUTS's support marginals),
@@ -432,7 +423,7 @@ def compare_with_nuts(
     for seed in tqdm(list(seeds), disable=not progress_bar, desc="turbo vs NUTS"):
         seed = int(seed)
         problem = clustered_sparse_regression(
-            num_obs, num_weights, p01=p01, p10=p10, snr_db=snr_db, seed=seed
+            num_obs, num_weights, p01=p01, p10=p10, snr_db=snr_db, seed=seed, dtype=dtype
         )
         beta = problem.noise_precision
         start = time.perf_counter()
@@ -477,25 +468,9 @@ def summarise_nuts(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "runs": len(records),
         "max_abs_diff": max(r["max_abs_diff"] for r in records),
-        "median_max_abs_diff": _median(r["max_abs_diff"] for r in records),
-        "median_speedup": _median(r["speedup"] for r in records),
+        "median_max_abs_diff": median(r["max_abs_diff"] for r in records),
+        "median_speedup": median(r["speedup"] for r in records),
         "min_speedup": min(r["speedup"] for r in records),
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    """Where and when numbers were measured: versions, threads, CPUs, date (UTC)."""
-    import pyro
-
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "pyro": pyro.__version__,
     }
 
 
@@ -514,12 +489,11 @@ def save_comparison(
     :returns: ``{"json": path, "png": path}``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "config": dict(config or {}),
         "machine": machine_info(),
         "success_margin_db": SUCCESS_MARGIN_DB,
-        "summary": summarise(records),
+        "summary": summarise_regression(records),
         "smallest_successful_m": {
             "rate": rate,
             "by_method": smallest_successful_m(records, rate),
@@ -527,7 +501,6 @@ def save_comparison(
         **dict(extra or {}),
         "records": [dict(r) for r in records],
     }
-    json_path = out_dir / f"{name}.json"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path = write_json(out_dir / f"{name}.json", report)
     png_path = plot_phase_transition(records, out_dir / f"{name}.png")
     return {"json": json_path, "png": png_path}

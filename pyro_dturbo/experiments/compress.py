@@ -1,8 +1,10 @@
 """One compression experiment, end to end: data, dense network, Turbo-VBI, pruning, report.
 
 :func:`run_compression` is what ``dturbo compress``, ``benchmarks/compress.py`` and the
-tutorial call. It trains the dense network first (the reference and the initialisation), then
-Turbo-VBI from its weights, prunes at ``q(s) > 0.5``, exports the compact model and reports.
+tutorial call; :class:`CompressConfig` holds its settings, the Turbo-VBI ones as a
+:class:`~pyro_dturbo.inference.network.NetworkConfig`. It trains the dense network first (the
+reference and the initialisation), then Turbo-VBI from its weights, prunes at ``q(s) > 0.5``,
+exports the compact model and reports.
 The baselines of the benchmark live here too, each as one function of the same inputs:
 magnitude pruning of the dense network to a given density (with the same fine-tuning epochs)
 and mean-field SVI (Pyro ``AutoNormal``) under a Gaussian prior, pruned by ``|mu|``.
@@ -10,10 +12,9 @@ and mean-field SVI (Pyro ``AutoNormal``) under a Gaussian prior, pruned by ``|mu
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,15 @@ from pyro_dturbo.compression import (
     to_plain,
 )
 from pyro_dturbo.data import ClassificationData, load_dataset
-from pyro_dturbo.inference.network import evaluate_accuracy, fit_network
+from pyro_dturbo.experiments.tables import write_json
+from pyro_dturbo.inference.network import NetworkConfig, evaluate_accuracy, fit_network
 from pyro_dturbo.models.layers import network_model, sparse_layers, to_sparse_bayes
 from pyro_dturbo.models.prior import SparsePrior
 from pyro_dturbo.models.support import IndependentSupport
 from pyro_dturbo.models.zoo import ZOO, build_model
 
 __all__ = [
+    "COMPRESS_NETWORK",
     "CompressConfig",
     "network_prior",
     "train_dense",
@@ -70,31 +73,37 @@ def network_prior(kind: str = "chain", **overrides: Any) -> SparsePrior:
     return SparsePrior(supports[kind](), **gammas)
 
 
+#: The Turbo-VBI settings of a compression run by default (the digits MLP of the README).
+COMPRESS_NETWORK = NetworkConfig(
+    epochs=80, batch_size=64, lr=2e-3, warmup_epochs=3, finetune_epochs=30
+)
+
+
 @dataclass
 class CompressConfig:
     """Settings of one compression run (defaults: the digits MLP of the README).
 
-    ``weight_prior`` is ``"mean_field"`` (``E_q[rho]``) or ``"log_mixture"`` (see
-    :class:`~pyro_dturbo.inference.network.NetworkModuleA`). ``kl_weight = 1`` is the plain
-    ELBO; the last ``finetune_epochs`` of the ``epochs`` train
-    ``q(w)`` under the frozen support (see :func:`~pyro_dturbo.inference.network.fit_network`).
+    ``network`` holds the Turbo-VBI settings (:class:`~pyro_dturbo.inference.network.
+    NetworkConfig`, default :data:`COMPRESS_NETWORK`): its ``epochs`` include the last
+    ``finetune_epochs`` that train ``q(w)`` under the frozen support, its ``batch_size`` is also
+    the dense training's, and ``weight_prior`` / ``kl_weight`` are as in
+    :class:`~pyro_dturbo.inference.network.NetworkModuleA`. ``seed`` seeds the whole run (the
+    split, the initial weights, the dense training and Turbo-VBI): the fit runs with
+    ``network.replace(seed=seed)``.
+
+    Example::
+
+        >>> config = CompressConfig(hidden=(64,), network=COMPRESS_NETWORK.replace(epochs=20))
+        >>> report = run_compression(config, "results/run")
     """
 
     dataset: str = "digits"
     model: str = "mlp"
     hidden: tuple[int, ...] = (256, 256)
     prior: str | SparsePrior = "chain"
-    epochs: int = 80
-    finetune_epochs: int = 30
-    warmup_epochs: int = 3
+    network: NetworkConfig = field(default_factory=lambda: COMPRESS_NETWORK)
     dense_epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
     dense_lr: float = 3e-3
-    kl_weight: float = 1.0
-    weight_prior: str = "mean_field"
-    finetune: str = "map"
-    damping: float = 0.0
     seed: int = 0
     data_root: str | None = None
     download: bool = False
@@ -102,15 +111,28 @@ class CompressConfig:
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def resolved_prior(self) -> SparsePrior:
+        """The prior: a :class:`SparsePrior` as given, a YAML file, or :func:`network_prior`."""
         if isinstance(self.prior, SparsePrior):
             return self.prior
         if self.prior.endswith((".yaml", ".yml")):
             return SparsePrior.from_yaml(Path(self.prior))
         return network_prior(self.prior)
 
+    def network_config(self) -> NetworkConfig:
+        """The Turbo-VBI settings the run uses: ``network`` with this run's ``seed``."""
+        return self.network.replace(seed=self.seed)
+
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """A flat JSON-ready dict: the run's fields, the resolved prior's dict under
+        ``"prior"`` and every field of :meth:`network_config` at the top level."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name != "network":
+                out[f.name] = getattr(self, f.name)
+        out["hidden"] = list(self.hidden)
+        out["dataset_kwargs"] = dict(self.dataset_kwargs)
         out["prior"] = self.resolved_prior().to_dict()
+        out.update(self.network_config().to_dict())
         return out
 
 
@@ -207,12 +229,13 @@ def run_compression(
     prior = config.resolved_prior()
     data = _load(config)
     dense = _build(config, data)
+    network = config.network_config()
     dense_times = train_dense(
         dense,
         data.x_train,
         data.y_train,
         epochs=config.dense_epochs,
-        batch_size=config.batch_size,
+        batch_size=network.batch_size,
         lr=config.dense_lr,
         seed=config.seed,
         progress_bar=progress_bar,
@@ -224,16 +247,7 @@ def run_compression(
         data.x_train,
         data.y_train,
         prior,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        kl_weight=config.kl_weight,
-        weight_prior=config.weight_prior,
-        finetune=config.finetune,
-        damping=config.damping,
-        warmup_epochs=config.warmup_epochs,
-        finetune_epochs=config.finetune_epochs,
-        seed=config.seed,
+        network,
         progress_bar=progress_bar,
         eval_data=(data.x_test, data.y_test),
     )
@@ -242,7 +256,7 @@ def run_compression(
     report = compression_report(
         bayes, data.input_shape, x_test=data.x_test, y_test=data.y_test, dense_net=dense
     )
-    turbo_epoch = sum(r["time"] for r in result.history) / config.epochs
+    turbo_epoch = sum(r["time"] for r in result.history) / network.epochs
     dense_epoch = sum(dense_times) / len(dense_times)
     report.update(
         dataset=config.dataset,
@@ -256,8 +270,7 @@ def run_compression(
     )
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+        write_json(out / "report.json", report)
         plot_support(bayes, out / "support.png")
         report["files"] = [str(out / "report.json"), str(out / "support.png")]
     report["_net"] = bayes
@@ -316,7 +329,10 @@ def svi_baseline(
     """Mean-field SVI (Pyro ``AutoNormal``) on the same network under a ``N(0, weight_scale^2)``
     prior, started at the dense weights; pruned by ``|mu|`` to ``density``, then the pruned
     means fine-tuned with the masks fixed for ``finetune_epochs`` (as :func:`magnitude_baseline`).
-    ``accuracy_before_finetune`` is the pruned posterior mean's."""
+    ``accuracy_before_finetune`` is the pruned posterior mean's.
+
+    The guide's parameters live in a fresh param store for the duration
+    (``pyro.get_param_store().scope()``): the global store is the same before and after."""
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoNormal, init_to_value
     from pyro.optim import Adam as PyroAdam  # type: ignore[attr-defined]
@@ -328,20 +344,20 @@ def svi_baseline(
     def model(x: Tensor, y: Tensor) -> Tensor:
         return network_model(net, x, y, None, num_data=num_data, weight_scale=weight_scale)
 
-    pyro.clear_param_store()
-    guide = AutoNormal(model, init_loc_fn=init_to_value(values=init), init_scale=1e-3)
-    svi = SVI(model, guide, PyroAdam({"lr": lr}), Trace_ELBO())
     gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    # a fresh param store for the guide: the user's global store is left as it was
+    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        guide = AutoNormal(model, init_loc_fn=init_to_value(values=init), init_scale=1e-3)
+        svi = SVI(model, guide, PyroAdam({"lr": lr}), Trace_ELBO())
+        start = time.perf_counter()
         for _ in range(epochs):
             perm = torch.randperm(num_data, generator=gen).to(data.x_train.device)
             for i in range(0, num_data, batch_size):
                 idx = perm[i : i + batch_size]
                 svi.step(data.x_train[idx], data.y_train[idx])
-    elapsed = time.perf_counter() - start
-    medians = guide.median()
+        elapsed = time.perf_counter() - start
+        medians = {name: value.detach() for name, value in guide.median().items()}
     with torch.no_grad():
         for name, layer in sparse_layers(net):
             layer.weight_loc.copy_(medians[f"{name}.weight"])

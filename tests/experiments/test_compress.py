@@ -1,0 +1,102 @@
+import json
+
+import pyro
+import pytest
+import torch
+
+from pyro_dturbo.experiments.compress import (
+    COMPRESS_NETWORK,
+    CompressConfig,
+    magnitude_baseline,
+    network_prior,
+    run_compression,
+    svi_baseline,
+)
+from pyro_dturbo.inference.network import NetworkConfig
+
+TINY_NETWORK = COMPRESS_NETWORK.replace(epochs=4, finetune_epochs=1, warmup_epochs=1)
+TINY = dict(hidden=(16,), network=TINY_NETWORK, dense_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return run_compression(CompressConfig(**TINY), out), out
+
+
+def test_run_compression_report(tiny_run):
+    report, out = tiny_run
+    saved = json.loads((out / "report.json").read_text())
+    for key in (
+        "accuracy_dense",
+        "accuracy_compressed",
+        "density",
+        "flops_dense",
+        "flops_compressed",
+        "neurons_kept",
+        "bytes_dense",
+        "bytes_compressed",
+        "epoch_time_ratio",
+    ):
+        assert key in saved
+    assert (out / "support.png").stat().st_size > 0
+    # the digits MLP (64 -> 16 -> 10) has 64*16 + 16*10 weights and as many dense MACs
+    assert saved["weights"] == 64 * 16 + 16 * 10
+    assert saved["flops_dense"] == 2 * (64 * 16 + 16 * 10)
+    assert saved["max_abs_logit_diff"] < 1e-4
+    assert saved["accuracy_compressed"] == saved["accuracy_posterior_mean"]
+
+
+def test_baselines_prune_to_the_requested_density(tiny_run):
+    report, _ = tiny_run
+    mag = magnitude_baseline(report["_dense"], report["_data"], 0.25, finetune_epochs=1)
+    assert mag["density"] == pytest.approx(0.25, abs=1e-3)
+    svi = svi_baseline(report["_dense"], report["_data"], 0.25, epochs=1, finetune_epochs=1)
+    assert svi["density"] == pytest.approx(0.25, abs=2e-3)
+    assert 0.0 <= svi["accuracy"] <= 1.0
+    assert svi["flops_ratio"] >= 1.0 and set(svi["neurons_kept"]) == {"fc1", "fc2"}
+
+
+def test_network_prior_names():
+    assert network_prior("chain").support.kind == "chain"
+    assert network_prior("independent").support.kind == "independent"
+    with pytest.raises(ValueError, match="unknown prior"):
+        network_prior("horseshoe")
+
+
+def test_svi_baseline_leaves_the_global_param_store_alone(tiny_run):
+    report, _ = tiny_run
+    store = pyro.get_param_store()
+    user = pyro.param("user_scale", torch.tensor([1.5, 2.5]))
+    before = user.detach().clone()
+    names = set(store.keys())
+    svi_baseline(report["_dense"], report["_data"], 0.5, epochs=1)
+    assert set(store.keys()) == names  # no guide parameter left behind
+    after = pyro.param("user_scale")
+    assert torch.equal(after.detach(), before)
+    assert store.get_param("user_scale") is user  # the very same parameter
+
+
+def test_config_holds_a_network_config():
+    config = CompressConfig(**TINY, seed=3)
+    assert isinstance(config.network, NetworkConfig)
+    assert CompressConfig().network == COMPRESS_NETWORK
+    assert (COMPRESS_NETWORK.epochs, COMPRESS_NETWORK.finetune_epochs) == (80, 30)
+    assert (COMPRESS_NETWORK.batch_size, COMPRESS_NETWORK.lr) == (64, 2e-3)
+    assert config.network_config() == TINY_NETWORK.replace(seed=3)
+    flat = config.to_dict()
+    json.dumps(flat)
+    # the report's config keeps the flat keys it always had
+    for key in ("epochs", "finetune_epochs", "warmup_epochs", "batch_size", "lr", "kl_weight"):
+        assert flat[key] == getattr(TINY_NETWORK, key)
+    for key in ("weight_prior", "finetune", "damping", "dense_epochs", "dense_lr", "hidden"):
+        assert key in flat
+    assert flat["seed"] == 3 and flat["prior"]["support"]["type"] == "chain"
+    assert "network" not in flat
+
+
+def test_run_compression_report_keeps_its_config_fields(tiny_run):
+    report, out = tiny_run
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["config"] == json.loads(json.dumps(CompressConfig(**TINY).to_dict()))
+    assert len(saved["history"]) == TINY_NETWORK.epochs

@@ -85,7 +85,9 @@ def test_svi_to_arviz(svi):
     }
     assert idata.posterior["noise_precision"].shape == (1, 200)
     probs = idata.posterior["linear.support_probs"].mean(("chain", "draw")).values
-    np.testing.assert_allclose(probs, svi.support_probs.numpy())
+    # ArviZ averages in float64: to float32 rounding when the draws are float32
+    rtol = 1e-7 if svi.support_probs.dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(probs, svi.support_probs.numpy(), rtol=rtol)
 
 
 def test_mcmc_to_arviz_keeps_chains(nuts):
@@ -106,7 +108,8 @@ def test_mcmc_summary_has_r_hat(nuts):
     assert list(table.index[:2]) == ["linear.weight[0]", "linear.weight[1]"]
     assert len(table) == 2 * N
     assert table["r_hat"].iloc[:N].notna().all()
-    np.testing.assert_allclose(table["mean"].values[:N], nuts.mean.numpy(), rtol=1e-10)
+    rtol = 1e-10 if nuts.mean.dtype == torch.float64 else 1e-5  # ArviZ averages in float64
+    np.testing.assert_allclose(table["mean"].values[:N], nuts.mean.numpy(), rtol=rtol)
 
 
 def test_summary_of_constant_draws_is_quiet(turbo):

@@ -159,8 +159,9 @@ def test_layer_names_order():
     assert layer_names(nested) == ["0.fc1", "0.fc2", "0.fc3", "2"]
 
 
-def test_models_are_plain_float64_modules():
-    # The suite's default dtype is float64; the zoo follows it and holds no Pyro state.
+def test_models_are_plain_modules_in_the_default_dtype():
+    # The zoo follows the default dtype (float64 or float32 by the test job) and holds no Pyro
+    # state.
     model = LeNet5()
-    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(p.dtype == torch.get_default_dtype() for p in model.parameters())
     assert not any(name.startswith("_pyro") for name in model.state_dict())

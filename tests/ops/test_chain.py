@@ -33,6 +33,7 @@ def random_params(batch: int):
     return p01, p10
 
 
+@pytest.mark.float64(reason="python floats give the default dtype, asserted as float64")
 def test_log_init_and_transition_values():
     p01, p10 = torch.tensor([0.01, 0.3]), torch.tensor([0.1, 0.6])
     init = chain_log_init(p01, p10).exp()
@@ -67,6 +68,7 @@ def test_chain_log_prob_normalised_and_matches_enumeration(length):
     )
 
 
+@pytest.mark.float64(reason="equal to brute force to 1e-10")
 @pytest.mark.parametrize("length", [1, 2, 5, 8])
 def test_forward_backward_matches_brute_force(length):
     batch = 6
@@ -79,6 +81,7 @@ def test_forward_backward_matches_brute_force(length):
     torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.float64(reason="equal to brute force to 1e-10")
 def test_forward_backward_non_stationary_init_and_broadcasting():
     # an arbitrary initial law, one set of parameters shared by a (2, 3) batch of chains
     log_init = torch.log_softmax(torch.randn(2), -1)
@@ -111,6 +114,7 @@ def test_chain_marginals_and_flat_prior():
     torch.testing.assert_close(flat, torch.full((2, 50), lam).logit())
 
 
+@pytest.mark.float64(reason="the default dtype is the float64 reference")
 def test_float32_stable_long_chain_large_evidence():
     length = 5000
     unary = 50.0 * torch.randn(3, length).sign() * torch.rand(3, length)
@@ -139,6 +143,7 @@ def test_forward_backward_differentiable():
     assert torch.isfinite(unary.grad).all() and torch.isfinite(p01.grad)
 
 
+@pytest.mark.float64(reason="asserts draws in the float64 default dtype")
 @pytest.mark.parametrize("p01,p10", [(0.1, 0.3), (0.02, 0.2)])
 def test_sample_chain_statistics(p01, p10):
     chains, length = 200, 2000
@@ -211,6 +216,7 @@ def scan_path(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.float64(reason="equal to brute force to 1e-10")
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 8])
 def test_both_scan_paths_match_brute_force(scan_path, length, requires_grad):
@@ -233,6 +239,7 @@ def _both_paths(monkeypatch, *args):
     return out["doubling"], out["odd_even"]
 
 
+@pytest.mark.float64(reason="paths agree to 1e-10; float64 reference for float32")
 @pytest.mark.parametrize("length", [2, 3, 31, 64, 777])
 def test_scan_paths_agree_on_long_chains(monkeypatch, length):
     # batch (2, 3), per-chain transitions, shared initial law, both dtypes
@@ -250,6 +257,7 @@ def test_scan_paths_agree_on_long_chains(monkeypatch, length):
     torch.testing.assert_close(odd_even32.double(), odd_even, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.float64(reason="values and gradients agree to 1e-10")
 def test_scan_paths_agree_on_gradients(monkeypatch):
     import pyro_dturbo.ops.chain as chain_module
 

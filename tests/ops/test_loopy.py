@@ -62,6 +62,7 @@ def test_grid_edges_shapes_and_ids():
     assert h.shape == (2, 4) and v.shape == (2, 0)
 
 
+@pytest.mark.float64(reason="python floats give the default dtype, asserted as float64")
 def test_ising_edge_log_potential():
     pot = ising_edge_log_potential(0.7, 3)
     assert pot.shape == (3, 2, 2) and pot.dtype == torch.float64
@@ -74,6 +75,7 @@ def test_ising_edge_log_potential():
     assert (pot[:, 0, 1] == 0).all() and (pot[:, 1, 0] == 0).all()
 
 
+@pytest.mark.float64(reason="exact to 1e-9")
 def test_exact_on_a_chain():
     n = 7
     edge_index = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
@@ -84,6 +86,7 @@ def test_exact_on_a_chain():
     torch.testing.assert_close(actual, expected, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.float64(reason="exact to 1e-9")
 @pytest.mark.parametrize("num_nodes,seed", [(2, 0), (6, 1), (10, 2), (10, 3)])
 def test_exact_on_random_trees(num_nodes, seed):
     unary, edge_index, potential, bias = random_tree_problem(num_nodes, seed)
@@ -97,6 +100,7 @@ def test_exact_on_random_trees(num_nodes, seed):
     assert (without - expected).abs().max() > 1e-3
 
 
+@pytest.mark.float64(reason="converges to tol=1e-11, exact to 1e-9")
 def test_damped_converges_to_the_same_fixed_point():
     unary, edge_index, potential, bias = random_tree_problem(9, 4)
     expected = brute_force_log_odds(unary, edge_index, potential, node_bias=bias)
@@ -115,6 +119,7 @@ def test_damped_converges_to_the_same_fixed_point():
     torch.testing.assert_close(beliefs, expected, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.float64(reason="converges to tol=1e-10")
 def test_weakly_coupled_grid_close_to_brute_force():
     horizontal, vertical = grid_edges(3, 3)
     edge_index = torch.cat([horizontal, vertical], 1)
@@ -132,6 +137,7 @@ def test_weakly_coupled_grid_close_to_brute_force():
     assert (unary.sigmoid() - expected.sigmoid()).abs().max() > 0.02
 
 
+@pytest.mark.float64(reason="converges to tol=1e-13, exact to 1e-9")
 def test_chain_on_grid_edges_matches_forward_backward():
     length = 40
     p01, p10 = 0.05, 0.3
@@ -166,6 +172,7 @@ def test_chain_on_grid_edges_matches_forward_backward():
     assert (reversed_beliefs - expected).abs().max() > 1e-3
 
 
+@pytest.mark.float64(reason="converges to tol=1e-9")
 def test_warm_start_and_iteration_budget():
     horizontal, vertical = grid_edges(5, 5)
     edge_index = torch.cat([horizontal, vertical], 1)
@@ -240,6 +247,7 @@ def test_float32_grid_runs_finite():
     assert beliefs.dtype == torch.float32 and torch.isfinite(beliefs).all()
 
 
+@pytest.mark.float64(reason="gradients exact to 1e-8")
 def test_differentiable_path_matches_and_has_gradients():
     unary, edge_index, potential, bias = random_tree_problem(5, 6)
     fast = loopy_bp(

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test test-float32 bench lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pyro_dturbo.cli demo --out results/demo
 
+# The suite in float64 (the default), then the core tests once more in float32 (tests marked
+# float64 are skipped there, with their reason).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-float32
+
+test-float32: $(STAMP)
+	DTURBO_TEST_DTYPE=float32 $(PY) -m pytest -q tests/ops tests/models tests/inference
 
 # The commands behind the README's figures.
 bench: $(STAMP)

@@ -41,6 +41,7 @@ def _brute_force_extrinsic(support, evidence):
     return torch.logit(p1) - evidence
 
 
+@pytest.mark.float64(reason="exact to 1e-8 against enumeration")
 def test_module_b_is_exact_on_chains_and_trees():
     supports = {
         "chain": MarkovChainSupport(0.1, 0.3).with_shape((2, 5)),

@@ -8,6 +8,7 @@ from pyro_dturbo.models.layers import SparseBayesLayer, to_sparse_bayes
 from pyro_dturbo.models.zoo import MLP, DemoAlexNet, LeNet5
 from tests.common import assert_close
 from tests.compression.common import layer as _layer
+from tests.compression.common import logit_atol
 
 
 def _random_mask(layer: SparseBayesLayer, keep: float = 0.9) -> torch.Tensor:
@@ -32,8 +33,8 @@ def _set(net: nn.Module, name: str, mask: torch.Tensor, bias: dict[int, float]) 
 def _assert_same_predictions(compact: nn.Module, net: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         expected = net.eval()(x)
-        assert_close(compact(x), expected, atol=1e-10, rtol=0)
-        assert_close(to_plain(net)(x), expected, atol=1e-10, rtol=0)
+        assert_close(compact(x), expected, atol=logit_atol(), rtol=0)
+        assert_close(to_plain(net)(x), expected, atol=logit_atol(), rtol=0)
 
 
 def _size(module: nn.Module) -> int:

@@ -4,7 +4,8 @@ kind of arXiv:2302.10483, Sec. VI, on a small data set).
 
 Per seed, :func:`~pyro_dturbo.experiments.compress.run_compression` trains the dense MLP, then
 Turbo-VBI from its weights (chain prior with the defaults, the same with ``finetune="vb"``, the
-chain prior with the ``log_mixture`` weight prior, the reference demo's grid MRF prior, then the
+chain prior with the ``log_mixture`` weight prior, the authors' demo
+(github.com/cxiaab/D-turbo-vbi-FL, commit 8a89cc7)'s grid MRF prior, then the
 independent prior as the ablation); the dense network of the chain run is then pruned by
 magnitude to the chain run's density (fine-tuned for the same epochs) and fitted by SVI
 (``AutoNormal``, Gaussian prior) pruned to that density too.

@@ -85,7 +85,8 @@ def bench_grid(
     generator = torch.Generator(device=device).manual_seed(0)
     unary = 4.0 * torch.randn(rows * cols, generator=generator, device=device, dtype=dtype)
     edge_index = torch.cat(grid_edges(rows, cols, device=device), dim=1)
-    # the reference demo's grid: chain transitions along rows and columns, one shared potential
+    # the authors' TensorFlow demo's (github.com/cxiaab/D-turbo-vbi-FL, commit 8a89cc7) grid: chain
+    # transitions along rows and columns, one shared potential
     log_trans = chain_log_transition(torch.tensor(0.01, device=device, dtype=dtype), 0.1)
 
     def run() -> torch.Tensor:

@@ -35,7 +35,9 @@ def prune(
 
     ``rule="support"`` keeps weight ``n`` where ``q(s_n = 1) > threshold`` (default 0.5, the
     posterior-majority support); ``rule="magnitude"`` keeps it where ``|mu_n| > threshold``
-    (default 0.01, the reference demo's rule). The network's eval-mode forward then uses the
+    (default 0.01, the rule of the authors' TensorFlow demo, github.com/cxiaab/D-turbo-vbi-FL,
+    commit 8a89cc7).
+    The network's eval-mode forward then uses the
     pruned posterior mean ``mu * mask``.
 
     Example::

@@ -56,7 +56,8 @@ FLAT_MODELS = ("mlp", "lenet300100")
 def network_prior(kind: str = "chain", **overrides: Any) -> SparsePrior:
     """The benchmark's network priors by name: ``"chain"`` (rows, ``p01 = 0.05``,
     ``p10 = 0.2``), ``"independent"`` (``p = 0.2``, the chain's stationary density), or
-    ``"grid"`` (the reference demo's row-and-column MRF); active ``Gamma(1, 1)``, inactive
+    ``"grid"`` (the authors' TensorFlow demo's (github.com/cxiaab/D-turbo-vbi-FL, commit 8a89cc7)
+    row-and-column MRF); active ``Gamma(1, 1)``, inactive
     ``Gamma(1, 1e-4)``.
     """
     from pyro_dturbo.models.support import GridMRFSupport, MarkovChainSupport

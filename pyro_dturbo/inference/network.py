@@ -62,7 +62,8 @@ def default_network_prior() -> SparsePrior:
     """The default prior for networks: chains along each neuron's inputs.
 
     ``p01 = 0.05``, ``p10 = 0.2`` (a stationary density of 20%, active runs of 5 on average);
-    Gamma laws as the reference demo: active ``(1, 1)``, inactive ``(1, 0.01)``.
+    Gamma laws as the authors' demo (github.com/cxiaab/D-turbo-vbi-FL, commit 8a89cc7): active
+    ``(1, 1)``, inactive ``(1, 0.01)``.
     """
     return SparsePrior.chain(p01=0.05, p10=0.2, active=(1.0, 1.0), inactive=(1.0, 0.01))
 

@@ -53,7 +53,8 @@ class RegressionModuleA:
     :param noise_precision: fixed ``beta``, or ``None`` to learn it with ``noise_prior``.
     :param noise_prior: Gamma ``(shape, rate)`` prior on ``beta`` when learned.
     :param int inner_iters: passes of the w / s / rho / beta updates per turbo iteration.
-    :param bool demo_constants: use the reference demo's ``+1, E[w^2]`` precision update.
+    :param bool demo_constants: use the authors' demo (github.com/cxiaab/D-turbo-vbi-FL, commit
+        8a89cc7)'s ``+1, E[w^2]`` precision update.
     :param float precision_damping: weight of the previous ``q(rho)`` natural parameters.
     :param str weight_prior: the prior precision ``q(w)`` is computed with:
         ``"mean_field"`` uses ``E_q[rho]`` (plain mean-field VB); ``"matched"`` (default) uses
@@ -276,7 +277,7 @@ def fit_sparse_regression(
     :param int seed: recorded for reproducibility (the regression updates are deterministic).
     :param float damping: weight of the previous support message.
     :param int inner_iters: Module-A passes per turbo iteration.
-    :param bool demo_constants: the reference demo's precision update (``+1, E[w^2]``).
+    :param bool demo_constants: the authors' demo's precision update (``+1, E[w^2]``).
     :param float precision_damping: damping of ``q(rho)`` inside Module A.
     :param str weight_prior: ``"matched"`` (default) or ``"mean_field"``, see
         :class:`~pyro_dturbo.inference.regression.RegressionModuleA`.

@@ -173,7 +173,8 @@ class SparsePrior:
 
     References
 
-    [1] Xia, Tsang, Lau (arXiv:2302.10483), eqs. (1)-(4); the reference demo uses
+    [1] Xia, Tsang, Lau (arXiv:2302.10483), eqs. (1)-(4); the authors' demo
+    (github.com/cxiaab/D-turbo-vbi-FL, commit 8a89cc7) uses
         ``a = b = 1, abar = 1, bbar = 0.01``.
     """
 

@@ -541,7 +541,8 @@ class GridMRFSupport(_PairwiseMRFSupport):
     """Chains along the rows *and* the columns of the support matrix at once.
 
     ``p(s) ∝ prod_rows chain(s_row) * prod_cols chain(s_col)``, both chains with the same
-    ``p01, p10`` (the reference demo's structure). A row or column start carries the stationary
+    ``p01, p10`` (the authors' TensorFlow demo's (github.com/cxiaab/D-turbo-vbi-FL, commit 8a89cc7)
+    structure). A row or column start carries the stationary
     law; every other weight is tied to its left and upper neighbours by the transition matrix.
     Module B is loopy BP; ``log_prob`` is unnormalised.
 

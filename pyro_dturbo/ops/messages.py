@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,9 +109,9 @@ class BernoulliMessage:
         """Clip the encoded probability to ``[eps, 1 - eps]``."""
         return BernoulliMessage(clip_logits(self.logits, eps))
 
-    def to(self, *args: object, **kwargs: object) -> BernoulliMessage:
+    def to(self, *args: Any, **kwargs: Any) -> BernoulliMessage:
         """The message with its tensor moved / cast as by :meth:`torch.Tensor.to`."""
-        return BernoulliMessage(self.logits.to(*args, **kwargs))  # type: ignore[arg-type]
+        return BernoulliMessage(self.logits.to(*args, **kwargs))
 
     def max_prob_change(self, other: BernoulliMessage) -> float:
         """``max |m(1) - other(1)|`` over all entries (0 for an empty message)."""
@@ -215,12 +216,9 @@ class GaussianMessage:
         """
         return GaussianMessage(self.precision.clamp_min(floor), self.eta)
 
-    def to(self, *args: object, **kwargs: object) -> GaussianMessage:
+    def to(self, *args: Any, **kwargs: Any) -> GaussianMessage:
         """The message with its tensors moved / cast as by :meth:`torch.Tensor.to`."""
-        return GaussianMessage(
-            self.precision.to(*args, **kwargs),  # type: ignore[arg-type]
-            self.eta.to(*args, **kwargs),  # type: ignore[arg-type]
-        )
+        return GaussianMessage(self.precision.to(*args, **kwargs), self.eta.to(*args, **kwargs))
 
     def reshape(self, *shape: int) -> GaussianMessage:
         return GaussianMessage(self.precision.reshape(*shape), self.eta.reshape(*shape))

@@ -86,11 +86,11 @@ def evaluate_accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 40
     """Accuracy of ``net`` in eval mode (the posterior mean, or the pruned mean if masked)."""
     was_training = net.training
     net.eval()
-    device = next(net.parameters()).device
+    first = next(net.parameters())
     correct = 0
     for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device)
-        correct += int((net(xb).argmax(-1) == y[i : i + batch_size].to(device)).sum())
+        xb = x[i : i + batch_size].to(device=first.device, dtype=first.dtype)
+        correct += int((net(xb).argmax(-1) == y[i : i + batch_size].to(first.device)).sum())
     net.train(was_training)
     return correct / len(x)
 
@@ -266,8 +266,11 @@ class NetworkModuleA:
             )
         prior.check_layer_names(list(self.layers))
         self.net, self.prior = net, prior
-        self.device = next(net.parameters()).device
-        self.x, self.y = x.to(self.device), y.to(self.device).long()
+        first = next(net.parameters())
+        self.device = first.device
+        # inputs in the network's own dtype (float32 data into a float64 network and back)
+        self.x = x.to(device=self.device, dtype=first.dtype)
+        self.y = y.to(self.device).long()
         self.num_data = len(y)
         self.batch_size = min(int(config.batch_size), self.num_data)
         self.steps_per_epoch = math.ceil(self.num_data / self.batch_size)

@@ -337,7 +337,8 @@ def test_network_guide_with_predictive_and_elbo():
     from pyro.infer import Predictive, Trace_ELBO
 
     data = teacher_student(num_train=1000, num_test=300, seed=1)
-    x, y, x_test = data.x_train.double(), data.y_train, data.x_test.double()
+    dtype = torch.get_default_dtype()  # the network's (Predictive runs the model as it is)
+    x, y, x_test = data.x_train.to(dtype), data.y_train, data.x_test.to(dtype)
     net = to_sparse_bayes(MLP(64, (), 4))
     result = fit_network(net, x, y, PRIOR, epochs=10, batch_size=100, lr=1e-2)
     guide = result.guide()

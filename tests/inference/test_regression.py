@@ -101,11 +101,11 @@ def test_precision_update_closed_form():
 
 def test_module_a_message_is_extrinsic():
     """L_n must not depend on pi_n: neither directly nor, an iteration later, through q(rho_n)."""
-    X, y = torch.randn(20, 30), torch.randn(20)
+    X, y = torch.randn(20, 30, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
     prior = SparsePrior(MarkovChainSupport(0.1, 0.2), inactive=(100.0, 1e-4))
     module = RegressionModuleA(X, y, prior, noise_precision=50.0, weight_prior="mean_field")
     params = module.init_params(_pi(torch.full((30,), 0.3).logit()))
-    logits = torch.randn(30)
+    logits = torch.randn(30, dtype=torch.float64)
     changed = logits.clone()
     changed[7] += 5.0
     # one iteration under a perturbed pi_7, then the next under the common pi

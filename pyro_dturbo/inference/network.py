@@ -347,7 +347,8 @@ class NetworkModuleA:
         # running sums stay on the device: no host sync per step
         loss_sum = torch.zeros((), dtype=self.x.dtype, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        sums = {name: _DataTermSums(layer) for name, layer in self.layers.items()}
+        # the gradient sums of the curvature site (only allocated when that site is read)
+        sums = {n: _DataTermSums(layer) for n, layer in self.layers.items()} if curvature else {}
         seen = 0
         kl_scale = self.config.kl_weight / self.num_data
         try:
@@ -398,7 +399,7 @@ class NetworkModuleA:
         with torch.no_grad():
             for name, layer in self.layers.items():
                 layer_prior = self.prior.for_layer(name)
-                site = self.data_site(name, sums[name] if curvature else None)
+                site = self.data_site(name, sums.get(name))
                 L = cavity_evidence(
                     site, layer_prior.active_variance, layer_prior.inactive_variance
                 )

@@ -251,6 +251,52 @@ def _read_int32(payload: bytes, offset: int, count: int) -> Tensor:
     return torch.from_numpy(ints.astype(np.int64))
 
 
+# The index sections on their own (shared with :mod:`pyro_dturbo.federation.codec`, whose blocks
+# put one index section in front of several value arrays).
+
+
+def _index_bytes(flat_mask: Tensor) -> bytes:
+    """The element-wise index section: the kept entries' int32 flat indices, ascending."""
+    index = flat_mask.nonzero().squeeze(1)
+    return index.to(torch.int32).numpy().astype("<i4").tobytes()
+
+
+def _run_table_bytes(flat_mask: Tensor) -> bytes:
+    """The run-length index section: the int32 run count, then int32 ``(start, length)`` pairs."""
+    runs = run_length_encode(flat_mask)
+    header = np.array([runs.shape[0]], dtype="<i4").tobytes()
+    return header + runs.to(torch.int32).numpy().astype("<i4").tobytes()
+
+
+def _read_index(payload: bytes, offset: int, nnz: int, numel: int) -> Tensor:
+    """The ``nnz`` int32 flat indices at ``offset``, checked to ascend within ``[0, numel)``."""
+    index = _read_int32(payload, offset, nnz)
+    if nnz and (index[0] < 0 or index[-1] >= numel or (index[1:] <= index[:-1]).any()):
+        raise ValueError(f"element-wise indices must ascend within [0, {numel})")
+    return index
+
+
+def _read_run_table(payload: bytes, offset: int, numel: int) -> Tensor:
+    """The ``(runs, 2)`` run table at ``offset``, checked to hold non-empty, ordered, disjoint
+    runs within ``[0, numel)``; it takes ``4 + 8 * runs`` bytes."""
+    size = len(payload) - offset
+    if size < HEADER_BYTES:
+        raise ValueError(f"a run-length payload has at least {HEADER_BYTES} bytes")
+    count = int(_read_int32(payload, offset, 1)[0])
+    if count < 0 or size < HEADER_BYTES + 2 * INDEX_BYTES * count:
+        raise ValueError(f"a run-length payload of {size} bytes cannot hold {count} runs")
+    runs = _read_int32(payload, offset + HEADER_BYTES, 2 * count).reshape(count, 2)
+    starts, lengths = runs[:, 0], runs[:, 1]
+    if count and (
+        (lengths < 1).any()
+        or starts[0] < 0
+        or (starts[1:] < starts[:-1] + lengths[:-1]).any()
+        or starts[-1] + lengths[-1] > numel
+    ):
+        raise ValueError(f"runs must be non-empty, ordered, disjoint and within [0, {numel})")
+    return runs
+
+
 def _numel(shape: Sequence[int]) -> int:
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
@@ -322,10 +368,7 @@ def encode_elementwise(
     """
     dtype = _value_dtype(dtype)
     flat_values, flat_mask = _flat(values, mask)
-    index = flat_mask.nonzero().squeeze(1)
-    return index.to(torch.int32).numpy().astype("<i4").tobytes() + _value_bytes(
-        flat_values[index], dtype
-    )
+    return _index_bytes(flat_mask) + _value_bytes(flat_values[flat_mask], dtype)
 
 
 def decode_elementwise(
@@ -348,9 +391,7 @@ def decode_elementwise(
             f"an element-wise payload has a multiple of {entry} bytes, got {len(payload)}"
         )
     nnz = len(payload) // entry
-    index = _read_int32(payload, 0, nnz)
-    if nnz and (index[0] < 0 or index[-1] >= numel or (index[1:] <= index[:-1]).any()):
-        raise ValueError(f"element-wise indices must ascend within [0, {numel})")
+    index = _read_index(payload, 0, nnz, numel)
     values = _read_values(payload, INDEX_BYTES * nnz, nnz, dtype)
     return _scatter(shape, index, values, dtype)
 
@@ -375,10 +416,7 @@ def encode_run_length(
     """
     dtype = _value_dtype(dtype)
     flat_values, flat_mask = _flat(values, mask)
-    runs = run_length_encode(flat_mask)
-    header = np.array([runs.shape[0]], dtype="<i4").tobytes()
-    table = runs.to(torch.int32).numpy().astype("<i4").tobytes()
-    return header + table + _value_bytes(flat_values[flat_mask], dtype)
+    return _run_table_bytes(flat_mask) + _value_bytes(flat_values[flat_mask], dtype)
 
 
 def decode_run_length(
@@ -395,26 +433,12 @@ def decode_run_length(
     """
     dtype = _value_dtype(dtype)
     numel = _numel(shape)
-    if len(payload) < HEADER_BYTES:
-        raise ValueError(f"a run-length payload has at least {HEADER_BYTES} bytes")
-    count = int(_read_int32(payload, 0, 1)[0])
-    table_end = HEADER_BYTES + 2 * INDEX_BYTES * count
-    if count < 0 or len(payload) < table_end:
-        raise ValueError(f"a run-length payload of {len(payload)} bytes cannot hold {count} runs")
-    runs = _read_int32(payload, HEADER_BYTES, 2 * count).reshape(count, 2)
-    starts, lengths = runs[:, 0], runs[:, 1]
-    if count and (
-        (lengths < 1).any()
-        or starts[0] < 0
-        or (starts[1:] < starts[:-1] + lengths[:-1]).any()
-        or starts[-1] + lengths[-1] > numel
-    ):
-        raise ValueError(f"runs must be non-empty, ordered, disjoint and within [0, {numel})")
-    nnz = int(lengths.sum())
+    runs = _read_run_table(payload, 0, numel)
+    count, nnz = runs.shape[0], int(runs[:, 1].sum())
     expected = run_length_nbytes(nnz, count, dtype.itemsize)
     if len(payload) != expected:
         raise ValueError(f"{count} runs of {nnz} values take {expected} bytes, got {len(payload)}")
-    values = _read_values(payload, table_end, nnz, dtype)
+    values = _read_values(payload, run_length_nbytes(0, count, 0), nnz, dtype)
     index = run_length_decode(runs, numel).nonzero().squeeze(1)
     return _scatter(shape, index, values, dtype)
 

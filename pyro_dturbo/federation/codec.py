@@ -28,7 +28,9 @@ mask is ``None``, else ``"coo"`` or ``"rle"``), ``nnz`` the number of entries se
 dense), ``fields`` the field names in order and ``log_fields`` / ``sign_fields`` the names of
 those sent as logarithms / as signs. Scalars keep their type: an int is a JSON integer, a float
 is written by Python's ``repr`` (always with a ``.`` or exponent, or ``NaN`` / ``Infinity``),
-which reads back to the same float, bit for bit.
+which reads back to the same float, bit for bit; they come back in sorted name order. A block's
+shape has at most :data:`MAX_DIMS` sizes, and a message at most :data:`MAX_ENTRIES` entries in
+all (int32 flat indices).
 
 With ``v`` bytes per value (4, 2, 2), a block of ``n`` entries sent (``nnz``, or ``numel`` if
 dense) and ``R`` runs of consecutive kept entries (row-major order, runs may cross row ends) has
@@ -40,7 +42,7 @@ the body sections:
 - then **each field**, in order: its ``n`` values in the traversal order of the mask, as the
   bit patterns of the value dtype (``n * v`` bytes); a *log field* holds ``log(x)`` (taken in
   float64, then cast; decoding applies ``exp``), so a narrow dtype keeps relative precision over
-  a wide range (``|log x| * eps / 2`` relative error, ``eps`` the dtype's machine epsilon); a
+  a wide range (about ``|log x| * eps / 2`` relative error, ``eps`` the dtype's epsilon); a
   *sign field* (all values +1 or -1, e.g. the ternary entries of STC [2]) holds one bit per
   entry, packed LSB first (``numpy.packbits(..., bitorder="little")``: entry ``i`` is bit
   ``i % 8`` of byte ``i // 8``; a set bit is +1, a clear bit -1, padding bits zero):
@@ -75,8 +77,8 @@ References
 [1] The sparse codec of :mod:`pyro_dturbo.compression.codec` (index sections, value bits).
 
 [2] F. Sattler, S. Wiedemann, K.-R. Müller, W. Samek, "Robust and Communication-Efficient
-    Federated Learning from Non-IID Data", IEEE TNNLS 2019 (sparse ternary compression: one
-    magnitude per tensor and a sign per kept entry).
+    Federated Learning from Non-IID Data", arXiv:1903.02891 (2019), IEEE TNNLS 31(9), 2020
+    (sparse ternary compression: one magnitude per tensor and a sign per kept entry).
 """
 
 from __future__ import annotations
@@ -360,7 +362,7 @@ def _parse_header(text: bytes) -> dict[str, Any]:
         raise ValueError("malformed header: kind must be a string")
     if not (_is_int(header["round"]) and _is_int(header["client"])):
         raise ValueError("malformed header: round and client must be ints")
-    if header["dtype"] not in _DTYPE_NAMES:
+    if not isinstance(header["dtype"], str) or header["dtype"] not in _DTYPE_NAMES:
         raise ValueError(f"unknown value dtype {header['dtype']!r} (known: {list(_DTYPE_NAMES)})")
     scalars = header["scalars"]
     if not isinstance(scalars, dict) or not all(
@@ -418,6 +420,7 @@ def _decode_block(
         mask[index] = True
         offset += 4 * nnz
     elif codec == "rle":
+        _need(payload, offset, 4, f"block {name!r}'s run count")
         try:
             runs = _read_run_table(payload, offset, numel)
         except ValueError as error:

@@ -55,6 +55,9 @@ __all__ = [
     "evaluate_accuracy",
     "save_checkpoint",
     "load_checkpoint",
+    "HyperStep",
+    "hyper_step",
+    "freeze_pruned_moments",
 ]
 
 
@@ -99,6 +102,7 @@ _CONFIG_CHOICES = {
     "weight_prior": ("mean_field", "log_mixture"),
     "finetune": ("map", "vb"),
     "evidence": ("curvature", "marginal"),
+    "prune": ("finetune", "iteration"),
 }
 
 
@@ -127,6 +131,11 @@ class NetworkConfig:
         (3 seeds) ``"curvature"`` cuts that echo about tenfold but its gradient noise biases
         ``L`` towards "active" (density 0.67-0.75 against 0.03), so ``"marginal"`` is the
         default; see ``docs/algorithm.md``.
+    :param str prune: when weights are removed: ``"finetune"`` masks them once, when the
+        support is frozen for fine-tuning; ``"iteration"`` after every closed-form step (the
+        weights with ``q(s) < 0.5`` are exactly zero and frozen, their ``q(w)`` is the prior and
+        they carry no evidence; Module B may turn them back on). The federated clients work
+        this way (a pruned weight is never sent), so one client reproduces it.
     :param int warmup_epochs: epochs of w-steps under ``E[rho] = init_precision`` first.
     :param int finetune_epochs: the last epochs: the support is frozen at ``q(s) > 0.5``,
         pruned weights are masked out and only ``q(w)`` trains.
@@ -152,6 +161,7 @@ class NetworkConfig:
     weight_prior: str = "mean_field"
     finetune: str = "map"
     evidence: str = "marginal"
+    prune: str = "finetune"
     warmup_epochs: int = 0
     finetune_epochs: int = 0
     damping: float = 0.0
@@ -332,14 +342,69 @@ class NetworkModuleA:
 
         ``params`` is not changed (its tensors are copied in, never shared).
         """
+        frozen = self.freeze_after is not None and params["iteration"] >= self.freeze_after
+        state, metrics, sums = self._w_steps(params, frozen)
+        iteration = state["iteration"]
+        if frozen:
+            # fine-tuning under a fixed support: same messages, masks stay, only w moves
+            snapshot = self._snapshot(evidence=params["evidence"], **state)
+            return snapshot, _messages(params["evidence"]), metrics
+        warm = iteration <= self.warmup_iters
+        evidence = {}
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                shape = layer.matrix_shape
+                pruned = None if layer.mask is None else layer.mask.reshape(shape) == 0
+                step = hyper_step(
+                    self.data_site(name, sums.get(name)),
+                    layer.weight_loc.reshape(shape),
+                    layer.weight_variance.reshape(shape),
+                    prior[name],
+                    self.prior.for_layer(name),
+                    weight_prior=self.config.weight_prior,
+                    demo_constants=self.config.demo_constants,
+                    pruned=pruned,
+                )
+                evidence[name] = step.evidence
+                if warm:
+                    continue
+                layer.set_prior(step.precision, step.support_probs)
+                if self.config.prune == "iteration":
+                    self._prune_to_prior(layer, step.support_probs > 0.5)
+                elif self.freeze_after is not None and iteration >= self.freeze_after:
+                    layer.set_mask(step.support_probs > 0.5)
+            if self.config.prune == "iteration" and not warm:
+                freeze_pruned_moments(self.optimizer, self.layers.values())
+                state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        if warm:
+            # no message yet: a flat evidence keeps Module B at its prior
+            evidence = {k: torch.zeros_like(v) for k, v in evidence.items()}
+        metrics["density"] = self._density()
+        return self._snapshot(evidence=evidence, **state), _messages(evidence), metrics
+
+    def w_steps(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Only the ``steps_per_iter`` w-steps, against each layer's Gaussian prior as it is
+        in ``params`` (a federated client's cavity): no closed-form step, no message.
+
+        :returns: the new params (``params`` is not changed) and the metrics of the steps.
+        """
+        state, metrics, _ = self._w_steps(params, frozen=False, curvature=False)
+        return self._snapshot(evidence=params["evidence"], **state), metrics
+
+    def _w_steps(
+        self, params: dict[str, Any], frozen: bool, curvature: bool | None = None
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, _DataTermSums]]:
+        """Load ``params``, run the steps; the layers are left trained. Masked weights are
+        frozen: their gradients are zeroed (and :func:`freeze_pruned_moments` zeroed their
+        Adam momentum), so Adam leaves them exactly where they are."""
         self._load(params)
         data = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in params["data"].items()}
         order = torch.Generator().set_state(data["generator"])
         noise = torch.Generator(device=self.device).set_state(params["noise"])
         t0 = time.perf_counter()
         self.net.train()
-        frozen = self.freeze_after is not None and params["iteration"] >= self.freeze_after
-        curvature = self.config.evidence == "curvature" and not frozen
+        if curvature is None:
+            curvature = self.config.evidence == "curvature" and not frozen
         for layer in self.layers.values():
             # MAP fine-tuning: under the frozen support, steps on the posterior mean alone
             layer.deterministic = frozen and self.config.finetune == "map"
@@ -349,6 +414,7 @@ class NetworkModuleA:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         # the gradient sums of the curvature site (only allocated when that site is read)
         sums = {n: _DataTermSums(layer) for n, layer in self.layers.items()} if curvature else {}
+        masked = [layer for layer in self.layers.values() if layer.mask is not None]
         seen = 0
         kl_scale = self.config.kl_weight / self.num_data
         try:
@@ -370,6 +436,8 @@ class NetworkModuleA:
                 # the KL term's gradient in closed form (same as backpropagating it)
                 for layer in self.layers.values():
                     layer.add_kl_grad(kl_scale)
+                for layer in masked:
+                    _mask_grads(layer)
                 self.optimizer.step()
                 loss_sum += nll.detach() * len(idx)
                 correct += (logits.detach().argmax(-1) == yb).sum()
@@ -384,47 +452,25 @@ class NetworkModuleA:
             float(loss_sum) / seen + kl_scale * kl, int(correct) / seen, time.perf_counter() - t0
         )
         data["generator"] = order.get_state()
-        iteration = params["iteration"] + 1
         state = {
             "data": data,
             "noise": noise.get_state(),
-            "iteration": iteration,
+            "iteration": params["iteration"] + 1,
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
         }
-        if frozen:
-            # fine-tuning under a fixed support: same messages, masks stay, only w moves
-            snapshot = self._snapshot(evidence=params["evidence"], **state)
-            return snapshot, _messages(params["evidence"]), metrics
-        evidence = {}
-        with torch.no_grad():
-            for name, layer in self.layers.items():
-                layer_prior = self.prior.for_layer(name)
-                site = self.data_site(name, sums.get(name))
-                L = cavity_evidence(
-                    site, layer_prior.active_variance, layer_prior.inactive_variance
-                )
-                evidence[name] = L
-                if iteration <= self.warmup_iters:
-                    continue
-                shape = layer.matrix_shape
-                mu = layer.weight_loc.reshape(shape)
-                var = layer.weight_variance.reshape(shape)
-                q = (prior[name].to(L) * BernoulliMessage(L)).clip().probs
-                shape_, rate = update_precision(
-                    q,
-                    mu * mu + var,
-                    layer_prior.active,
-                    layer_prior.inactive,
-                    self.config.demo_constants,
-                )
-                layer.set_prior(self._weight_precision(q, shape_ / rate, layer_prior), q)
-                if self.freeze_after is not None and iteration >= self.freeze_after:
-                    layer.set_mask(q > 0.5)
-        if iteration <= self.warmup_iters:
-            # no message yet: a flat evidence keeps Module B at its prior
-            evidence = {k: torch.zeros_like(v) for k, v in evidence.items()}
-        metrics["density"] = self._density()
-        return self._snapshot(evidence=evidence, **state), _messages(evidence), metrics
+        return state, metrics, sums
+
+    @staticmethod
+    @torch.no_grad()
+    def _prune_to_prior(layer: SparseBayesLayer, keep: Tensor) -> None:
+        """Mask the weights outside ``keep`` and set their ``q(w)`` to the layer's prior
+        ``N(0, 1 / p)`` (a removed weight holds no information from the data)."""
+        layer.set_mask(keep)
+        assert layer.mask is not None
+        pruned = torch.eq(layer.mask, 0)
+        layer.weight_loc.masked_fill_(pruned, 0.0)
+        log_scale = -0.5 * torch.log(layer.prior_precision)
+        layer.weight_log_scale.copy_(torch.where(pruned, log_scale, layer.weight_log_scale))
 
     @torch.no_grad()
     def data_site(self, name: str, sums: _DataTermSums | None = None) -> GaussianMessage:
@@ -451,14 +497,6 @@ class NetworkModuleA:
 
     def _metrics(self, loss: float, accuracy: float, time_w: float) -> dict[str, float]:
         return {"loss": loss, "accuracy": accuracy, "density": self._density(), "time_w": time_w}
-
-    def _weight_precision(self, q: Tensor, mean_field: Tensor, prior: SparsePrior) -> Tensor:
-        """The prior precision the next w-steps' KL uses."""
-        if self.config.weight_prior == "mean_field":
-            return mean_field
-        # exp(E_q(s)[log(1 / v_s)]): halfway on the log scale for an undecided support
-        log1, log0 = -math.log(prior.active_variance), -math.log(prior.inactive_variance)
-        return torch.exp(q * log1 + (1 - q) * log0)
 
     # -- state -----------------------------------------------------------------------------
     def _snapshot(self, **extra: Any) -> dict[str, Any]:
@@ -598,6 +636,94 @@ def fit_network(
 
 def _messages(logits: dict[str, Tensor]) -> dict[str, BernoulliMessage]:
     return {k: BernoulliMessage(v.clone()) for k, v in logits.items()}
+
+
+@torch.no_grad()
+def _mask_grads(layer: SparseBayesLayer) -> None:
+    mask = layer.mask
+    assert mask is not None
+    for param in (layer.weight_loc, layer.weight_log_scale):
+        if param.grad is not None:
+            param.grad.mul_(mask)
+
+
+@torch.no_grad()
+def freeze_pruned_moments(optimizer: torch.optim.Optimizer, layers: Any) -> None:
+    """Zero Adam's first moment of every masked weight (``exp_avg``).
+
+    With its gradient zeroed too, Adam's step on such a weight is exactly zero, so a pruned
+    weight stays where it was put until it is unmasked (then it starts with no momentum).
+    """
+    for layer in layers:
+        if layer.mask is None:
+            continue
+        for param in (layer.weight_loc, layer.weight_log_scale):
+            moments = optimizer.state.get(param, {})
+            if "exp_avg" in moments:
+                moments["exp_avg"].mul_(layer.mask)
+
+
+@dataclass(frozen=True)
+class HyperStep:
+    """The closed-form part of one turbo iteration for one layer (:func:`hyper_step`).
+
+    :ivar evidence: the extrinsic evidence ``L`` (A -> B message, log-odds).
+    :ivar support_probs: ``q(s = 1) = sigmoid(logit(pi) + L)``, clipped.
+    :ivar precision: the prior precision the next w-steps use (``E[rho]`` for
+        ``weight_prior="mean_field"``).
+    """
+
+    evidence: Tensor
+    support_probs: Tensor
+    precision: Tensor
+
+
+@torch.no_grad()
+def hyper_step(
+    site: GaussianMessage,
+    mean: Tensor,
+    variance: Tensor,
+    pi: BernoulliMessage,
+    prior: SparsePrior,
+    *,
+    weight_prior: str = "mean_field",
+    demo_constants: bool = False,
+    pruned: Tensor | None = None,
+) -> HyperStep:
+    """The closed-form steps of Turbo-VBI for one layer, given the data's Gaussian site.
+
+    ``L = cavity_evidence(site)`` (zero where ``pruned``: a removed weight carries no
+    evidence), ``q(s) = sigmoid(logit(pi) + L)``, ``q(rho) = Gamma(at, bt)`` from
+    ``E[w^2] = mean^2 + variance`` and the next prior precision. The centralised Module A and
+    the federated server both call it, the server with the product of the clients' sites.
+
+    :param GaussianMessage site: the data's site on every weight (matrix shape).
+    :param mean: ``E[w]`` under ``q(w)``. :param variance: ``Var[w]``.
+    :param BernoulliMessage pi: Module B's message.
+    :param SparsePrior prior: the layer's prior (its Gamma laws).
+    :param str weight_prior: as :class:`NetworkConfig`.
+    :param bool demo_constants: as :func:`~pyro_dturbo.ops.vb.update_precision`.
+    :param pruned: bool mask of removed weights, or ``None``.
+
+    References
+
+    [1] Xia, Tsang, Lau (arXiv:2302.10483), eq. 14-18; ``docs/algorithm.md``.
+    """
+    L = cavity_evidence(site, prior.active_variance, prior.inactive_variance)
+    if pruned is not None:
+        L = L.masked_fill(pruned, 0.0)
+    q = (pi.to(L) * BernoulliMessage(L)).clip().probs
+    shape, rate = update_precision(
+        q, mean * mean + variance, prior.active, prior.inactive, demo_constants
+    )
+    mean_field = shape / rate
+    if weight_prior == "mean_field":
+        precision = mean_field
+    else:
+        # exp(E_q(s)[log(1 / v_s)]): halfway on the log scale for an undecided support
+        log1, log0 = -math.log(prior.active_variance), -math.log(prior.inactive_variance)
+        precision = torch.exp(q * log1 + (1 - q) * log0)
+    return HyperStep(L, q, precision)
 
 
 def save_checkpoint(path: str | Path, state: TurboState) -> None:

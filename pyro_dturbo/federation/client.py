@@ -36,7 +36,13 @@ from pyro_dturbo.inference.network import NetworkConfig, NetworkModuleA, freeze_
 from pyro_dturbo.models.prior import SparsePrior
 from pyro_dturbo.ops.messages import BernoulliMessage, GaussianMessage
 
-__all__ = ["DTurboClient"]
+__all__ = ["DTurboClient", "SITES"]
+
+#: how a client's reply carries its data: ``"marginal"`` sends its local ``q_k`` as trained
+#: (the site is ``q_k / cavity``); ``"curvature"`` sends the trained mean with the variance
+#: ``1 / (p_cavity + h_k)``, ``h_k`` the data's curvature read off the steps' gradients (the
+#: site's precision is then ``h_k >= 0`` whether or not ``sigma`` has converged).
+SITES: tuple[str, ...] = ("marginal", "curvature")
 
 
 class DTurboClient:
@@ -65,7 +71,11 @@ class DTurboClient:
         config: NetworkConfig | None = None,
         codec: str = "auto",
         value_dtype: str | torch.dtype = "float16",
+        site: str = "marginal",
     ):
+        if site not in SITES:
+            raise ValueError(f"site must be one of {list(SITES)}, got {site!r}")
+        self.site = site
         if local_epochs < 1:
             raise ValueError(f"local_epochs must be >= 1, got {local_epochs!r}")
         config = config if config is not None else NetworkConfig()
@@ -128,7 +138,9 @@ class DTurboClient:
                 f"{message.client}"
             )
         self._apply(message)
-        self.params, self.metrics = self.module_a.w_steps(self.params)
+        self.params, self.metrics, sites = self.module_a.w_steps(
+            self.params, curvature=self.site == "curvature"
+        )
         blocks: dict[str, Block] = {}
         with torch.no_grad():
             for name, layer in self.module_a.layers.items():
@@ -136,9 +148,12 @@ class DTurboClient:
                 mask = message.blocks[name].mask
                 assert mask is not None
                 active = mask.to(layer.weight_loc.device).reshape(shape)
-                q = GaussianMessage.from_moments(
-                    layer.weight_loc.reshape(shape), layer.weight_variance.reshape(shape)
-                )
+                mean = layer.weight_loc.reshape(shape)
+                if name in sites:
+                    precision = layer.prior_precision.reshape(shape) + sites[name].precision
+                    q = GaussianMessage(precision, precision * mean)
+                else:
+                    q = GaussianMessage.from_moments(mean, layer.weight_variance.reshape(shape))
                 blocks[name] = Block(
                     tuple(shape),
                     active,

@@ -21,9 +21,9 @@ offset     bytes   content
 
 The header is the object ``{"blocks": [...], "client": int, "dtype": str, "kind": str,
 "round": int, "scalars": {name: number}}``, ``dtype`` being the value dtype's name
-(``"float32"``, ``"float16"``, ``"bfloat16"``, or ``"float64"`` for exact runs), and ``blocks`` listing each block, in the
-message's insertion order, as the array ``[name, shape, codec, nnz, fields, log_fields,
-sign_fields]``: ``shape`` a list of ints, ``codec`` the block's index codec (``"dense"`` when its
+(``"float32"``, ``"float16"``, ``"bfloat16"``, or ``"float64"`` for exact runs), and
+``blocks`` listing each block, in the message's insertion order, as the array ``[name, shape,
+codec, nnz, fields, log_fields, sign_fields]``: ``shape`` a list of ints, ``codec`` the block's index codec (``"dense"`` when its
 mask is ``None``, else ``"coo"`` or ``"rle"``), ``nnz`` the number of entries sent (``numel`` if
 dense), ``fields`` the field names in order and ``log_fields`` / ``sign_fields`` the names of
 those sent as logarithms / as signs. Scalars keep their type: an int is a JSON integer, a float
@@ -108,7 +108,12 @@ __all__ = ["Block", "Message", "CODECS", "MESSAGE_DTYPES", "encode_message", "de
 #: the index codecs a message may use for its sparse blocks (``"auto"``: the smaller per block)
 CODECS: tuple[str, ...] = ("coo", "rle", "auto")
 #: the value dtypes a message may hold
-MESSAGE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MESSAGE_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+)
 
 MAGIC = b"DTM"
 VERSION = 1
@@ -460,8 +465,8 @@ def _decode_block(
 def decode_message(payload: bytes) -> Message:
     """The message of a :func:`encode_message` payload, checked throughout.
 
-    Values come back as float32 tensors (float64 for a float64 payload; log fields exponentiated, sign fields as +1.0 / -1.0),
-    masks as bool tensors of the block's shape (``None`` for dense blocks).
+    Values come back as float32 tensors (float64 for a float64 payload; log fields
+    exponentiated, sign fields as +1.0 / -1.0), masks as bool tensors of the block's shape (``None`` for dense blocks).
 
     Example::
 

@@ -37,6 +37,7 @@ import yaml
 
 from pyro_dturbo.data.datasets import DATASETS
 from pyro_dturbo.data.partition import PARTITION_SCHEMES
+from pyro_dturbo.federation.client import SITES
 from pyro_dturbo.federation.codec import CODECS
 from pyro_dturbo.federation.server import AGGREGATIONS
 from pyro_dturbo.models.prior import SparsePrior
@@ -96,6 +97,11 @@ class FederatedConfig:
     :param int warmup_rounds: rounds of w-steps before the first closed-form step.
     :param float site_step: how far a site moves to a client's new one (``None``: 1).
     :param float init_precision: the prior precision before the first closed-form step.
+    :param float init_scale: the clients' initial posterior standard deviation ``sigma``
+        (a site is ``q_k / cavity``, so ``sigma`` must start near its fixed point, not at a
+        tiny value whose precision no data gave; see ``docs/algorithm.md``).
+    :param str site: how a reply carries the client's data (``marginal`` or ``curvature``,
+        :data:`~pyro_dturbo.federation.client.SITES`).
     :param float test_fraction: held-out fraction of the data set (the global test set).
     :param dict baselines: ``{density: d}``, the top-k / STC density (``null``: D-Turbo-VBI's
         mean upload density of the same run, or 0.05 without it).
@@ -121,6 +127,8 @@ class FederatedConfig:
     warmup_rounds: int = 1
     site_step: float | None = None
     init_precision: float = 1.0
+    init_scale: float = 0.03
+    site: str = "marginal"
     test_fraction: float = 0.2
     baselines: dict[str, Any] = field(default_factory=lambda: {"density": None})
 
@@ -198,6 +206,9 @@ class FederatedConfig:
         if self.site_step is not None:
             number("site_step", self.site_step, 0.0, 1.0, closed_low=False)
         number("init_precision", self.init_precision, 0.0, math.inf, closed_low=False)
+        number("init_scale", self.init_scale, 0.0, math.inf, closed_low=False)
+        if self.site not in SITES:
+            raise _error("site", f"must be one of {list(SITES)}, got {self.site!r}")
         number("test_fraction", self.test_fraction, 0.0, 1.0, closed_low=False)
         if not isinstance(self.baselines, Mapping) or set(self.baselines) - {"density"}:
             raise _error("baselines", f"takes only density, got {self.baselines!r}")

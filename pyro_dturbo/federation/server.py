@@ -166,13 +166,20 @@ class DTurboServer:
 
     def _cavity(self, name: str, k: int, total: GaussianMessage) -> GaussianMessage:
         """Client ``k``'s cavity ``prior * prod_{j != k} t_j`` (floored to proper)."""
-        if self.aggregation == "moment_average":
+        if self._moment_round():
             return self._prior(name)
         st = self.state[name]
         raw = GaussianMessage(
             total.precision - st["site_precision"][k], total.eta - st["site_eta"][k]
         )
         return proper(raw, self._prior(name))
+
+    def _moment_round(self) -> bool:
+        """Whether this round merges by moment averaging: always with
+        ``aggregation="moment_average"``; with ``"product"`` during the warm-up rounds, where
+        the clients' variances are still far from any fixed point (a site ``q_k / cavity``
+        would count the initial precision, which no data gave, once per client)."""
+        return self.aggregation == "moment_average" or self.round < self.warmup_rounds
 
     def _total(self, name: str) -> GaussianMessage:
         """``prior * prod_k t_k`` (unfloored natural parameters)."""
@@ -205,7 +212,7 @@ class DTurboServer:
                     "variance": st["variance"][active],
                     "prior_precision": cav.precision[active],
                 }
-                if self.aggregation == "product":
+                if not self._moment_round():
                     values["prior_mean"] = cav.mean[active]
                 blocks[name] = Block(
                     tuple(self.shapes[name]),
@@ -316,7 +323,7 @@ class DTurboServer:
             like = st["mean"]
             means = [accepted[k].blocks[name].values["mean"].to(like) for k in ids]
             variances = [accepted[k].blocks[name].values["variance"].to(like) for k in ids]
-            if self.aggregation == "product":
+            if not self._moment_round():
                 total = self._total(name)
                 for k, mean, variance in zip(ids, means, variances, strict=True):
                     cav = self._cavity(name, k, total)
@@ -341,9 +348,22 @@ class DTurboServer:
         """``q(w)``, the evidence, ``q(s)``, ``q(rho)``, Module B, the active set."""
         warm = self.round + 1 <= self.warmup_rounds
         evidence: dict[str, Tensor] = {}
+        moment = self._moment_round()
+        split = self.aggregation == "product" and self.round + 1 == self.warmup_rounds
+        sizes = torch.tensor(self.client_sizes, dtype=torch.float64)
+        shares = (sizes / sizes.sum()).tolist()
         for name, st in self.state.items():
             prior = self._prior(name)
-            if self.aggregation == "product":
+            if split:
+                # the product starts from the averaged posterior: each client's site is its
+                # data share of the data's site (q / prior)^(N_k / N)
+                data = GaussianMessage.from_moments(st["mean"], st["variance"]) / prior
+                for k, share in enumerate(shares):
+                    st["site_precision"][k] = (
+                        data.precision if share == 1.0 else share * data.precision
+                    )
+                    st["site_eta"][k] = data.eta if share == 1.0 else share * data.eta
+            if not moment:
                 total = self._total(name)
                 data_site = GaussianMessage(
                     total.precision - prior.precision, total.eta - prior.eta
@@ -363,6 +383,7 @@ class DTurboServer:
                 weight_prior=self.weight_prior,
                 demo_constants=self.demo_constants,
                 pruned=~st["active"],
+                previous=st["evidence"],
             )
             if warm:
                 evidence[name] = torch.zeros_like(step.evidence)

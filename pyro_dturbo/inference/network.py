@@ -133,9 +133,9 @@ class NetworkConfig:
         default; see ``docs/algorithm.md``.
     :param str prune: when weights are removed: ``"finetune"`` masks them once, when the
         support is frozen for fine-tuning; ``"iteration"`` after every closed-form step (the
-        weights with ``q(s) < 0.5`` are exactly zero and frozen, their ``q(w)`` is the prior and
-        they carry no evidence; Module B may turn them back on). The federated clients work
-        this way (a pruned weight is never sent), so one client reproduces it.
+        weights with ``q(s) < 0.5`` are exactly zero and frozen, their ``q(w)`` is the prior). The federated clients work
+        this way (a pruned weight is never sent), so one client reproduces it. A removed
+        weight keeps the evidence it last had; Module B alone may turn it back on.
     :param int warmup_epochs: epochs of w-steps under ``E[rho] = init_precision`` first.
     :param int finetune_epochs: the last epochs: the support is frozen at ``q(s) > 0.5``,
         pruned weights are masked out and only ``q(w)`` trains.
@@ -364,6 +364,7 @@ class NetworkModuleA:
                     weight_prior=self.config.weight_prior,
                     demo_constants=self.config.demo_constants,
                     pruned=pruned,
+                    previous=params["evidence"][name],
                 )
                 evidence[name] = step.evidence
                 if warm:
@@ -382,14 +383,20 @@ class NetworkModuleA:
         metrics["density"] = self._density()
         return self._snapshot(evidence=evidence, **state), _messages(evidence), metrics
 
-    def w_steps(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    def w_steps(
+        self, params: dict[str, Any], curvature: bool = False
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, GaussianMessage]]:
         """Only the ``steps_per_iter`` w-steps, against each layer's Gaussian prior as it is
         in ``params`` (a federated client's cavity): no closed-form step, no message.
 
-        :returns: the new params (``params`` is not changed) and the metrics of the steps.
+        :param bool curvature: also read the data's site on every weight off the steps'
+            gradients (:meth:`data_site` with ``evidence="curvature"``).
+        :returns: the new params (``params`` is not changed), the metrics of the steps, and
+            ``{layer: data site}`` (empty without ``curvature``).
         """
-        state, metrics, _ = self._w_steps(params, frozen=False, curvature=False)
-        return self._snapshot(evidence=params["evidence"], **state), metrics
+        state, metrics, sums = self._w_steps(params, frozen=False, curvature=curvature)
+        sites = {name: self.data_site(name, sums[name]) for name in sums}
+        return self._snapshot(evidence=params["evidence"], **state), metrics, sites
 
     def _w_steps(
         self, params: dict[str, Any], frozen: bool, curvature: bool | None = None
@@ -689,11 +696,14 @@ def hyper_step(
     weight_prior: str = "mean_field",
     demo_constants: bool = False,
     pruned: Tensor | None = None,
+    previous: Tensor | None = None,
 ) -> HyperStep:
     """The closed-form steps of Turbo-VBI for one layer, given the data's Gaussian site.
 
-    ``L = cavity_evidence(site)`` (zero where ``pruned``: a removed weight carries no
-    evidence), ``q(s) = sigmoid(logit(pi) + L)``, ``q(rho) = Gamma(at, bt)`` from
+    ``L = cavity_evidence(site)`` (where ``pruned``, the ``previous`` evidence, the last the
+    weight had while it was in the network: a removed weight is exactly zero and its new
+    site says nothing, so only Module B's ``pi`` can bring it back),
+    ``q(s) = sigmoid(logit(pi) + L)``, ``q(rho) = Gamma(at, bt)`` from
     ``E[w^2] = mean^2 + variance`` and the next prior precision. The centralised Module A and
     the federated server both call it, the server with the product of the clients' sites.
 
@@ -704,6 +714,7 @@ def hyper_step(
     :param str weight_prior: as :class:`NetworkConfig`.
     :param bool demo_constants: as :func:`~pyro_dturbo.ops.vb.update_precision`.
     :param pruned: bool mask of removed weights, or ``None``.
+    :param previous: the previous evidence (needed with ``pruned``).
 
     References
 
@@ -711,7 +722,9 @@ def hyper_step(
     """
     L = cavity_evidence(site, prior.active_variance, prior.inactive_variance)
     if pruned is not None:
-        L = L.masked_fill(pruned, 0.0)
+        if previous is None:
+            raise ValueError("hyper_step: pruned weights need the previous evidence")
+        L = torch.where(pruned, previous.to(L), L)
     q = (pi.to(L) * BernoulliMessage(L)).clip().probs
     shape, rate = update_precision(
         q, mean * mean + variance, prior.active, prior.inactive, demo_constants

@@ -1,0 +1,411 @@
+"""The in-process engine: every client and the server in one process, bytes counted.
+
+:func:`run_federated` builds the data, the partition and, for every method of the config, a
+server and its clients (:mod:`~pyro_dturbo.federation.server` /
+:mod:`~pyro_dturbo.federation.client` for D-Turbo-VBI,
+:mod:`~pyro_dturbo.federation.baselines` for FedAvg, top-k and STC), and runs the rounds:
+draw the participating clients, broadcast, train each, inject faults (a reply lost, or
+corrupted: NaN, a wrong shape, a negative variance), aggregate (the server rejects what is
+corrupt), evaluate the global model on the held-out set. Bytes are the lengths of the payloads
+produced; a message to ``K`` clients counts ``K`` times. With an ``out`` folder a checkpoint is
+written after every round and a run resumes from it, reproducing the uninterrupted run.
+
+Clients share nothing: there is no global state (no Pyro param store, no global RNG, no
+default dtype), so all of them live in one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyro_dturbo.compression.cost import count_macs
+from pyro_dturbo.compression.export import export_compact
+from pyro_dturbo.data import ClassificationData, load_dataset, partition
+from pyro_dturbo.federation.base import FederatedClient, FederatedServer, RoundRecord
+from pyro_dturbo.federation.baselines import make_baseline
+from pyro_dturbo.federation.client import DTurboClient
+from pyro_dturbo.federation.codec import decode_message, encode_message
+from pyro_dturbo.federation.config import CORRUPTIONS, FederatedConfig
+from pyro_dturbo.federation.server import DTurboServer
+from pyro_dturbo.inference.network import NetworkConfig, evaluate_accuracy
+from pyro_dturbo.models.layers import sparse_layers, to_sparse_bayes
+from pyro_dturbo.models.zoo import build_model
+
+__all__ = [
+    "MethodResult",
+    "FederatedResult",
+    "run_federated",
+    "build_method",
+    "load_federated_data",
+    "corrupt_reply",
+]
+
+FLAT_MODELS = ("mlp", "lenet300100")
+
+
+@dataclass
+class MethodResult:
+    """One method's run: per-round records, the final summary and the final compact model.
+
+    :ivar list rounds: :class:`~pyro_dturbo.federation.base.RoundRecord` per round.
+    :ivar dict final: ``accuracy``, ``density``, ``flops_dense``, ``flops_compressed``,
+        ``bytes_up``, ``bytes_down``.
+    :ivar model: the final global model, compact (pruned units removed; plain PyTorch).
+    :ivar support: ``q(s = 1) > 0.5`` per layer (D-Turbo-VBI), else ``None``.
+    """
+
+    name: str
+    rounds: list[RoundRecord]
+    final: dict[str, Any]
+    model: nn.Module
+    support: dict[str, Tensor] | None = None
+
+    def __repr__(self) -> str:
+        f = self.final
+        return (
+            f"MethodResult({self.name!r}, rounds={len(self.rounds)}, "
+            f"accuracy={f['accuracy']:.4f}, density={f['density']:.4f}, "
+            f"MB up={f['bytes_up'] / 1e6:.3f}, MB down={f['bytes_down'] / 1e6:.3f})"
+        )
+
+
+@dataclass
+class FederatedResult:
+    """All methods of one :func:`run_federated` call; :meth:`report` is ``report.json``."""
+
+    config: FederatedConfig
+    methods: dict[str, MethodResult] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "methods": {
+                name: {"rounds": [r.to_dict() for r in m.rounds], "final": dict(m.final)}
+                for name, m in self.methods.items()
+            },
+        }
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(m) for m in self.methods.values())
+        return f"FederatedResult({self.config.dataset}, {self.config.clients} clients: {inner})"
+
+
+def load_federated_data(config: FederatedConfig) -> tuple[ClassificationData, list[Tensor]]:
+    """The data set (train / held-out split by ``seed``) and the clients' index sets."""
+    data = load_dataset(
+        config.dataset,
+        seed=config.seed,
+        test_fraction=config.test_fraction,
+        flatten=config.model in FLAT_MODELS,
+    )
+    if config.clients > len(data.y_train):
+        raise ValueError(
+            f"FederatedConfig.clients: {config.clients} clients for {len(data.y_train)} examples"
+        )
+    parts = partition(data.y_train, config.clients, seed=config.seed, **config.partition_kwargs())
+    return data, parts
+
+
+def _plain_model(config: FederatedConfig, data: ClassificationData) -> nn.Module:
+    kwargs: dict[str, Any] = {"hidden": tuple(config.hidden)} if config.model == "mlp" else {}
+    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+        torch.manual_seed(config.seed)
+        net = build_model(
+            config.model, input_shape=data.input_shape, num_classes=data.num_classes, **kwargs
+        )
+    return net.to(dtype=data.x_train.dtype)
+
+
+def build_method(
+    name: str,
+    config: FederatedConfig,
+    data: ClassificationData,
+    parts: Sequence[Tensor],
+    density: float | Sequence[float] | None = None,
+) -> tuple[FederatedServer, list[FederatedClient]]:
+    """The server and the clients of one method (all start from the same initial network)."""
+    plain = _plain_model(config, data)
+    shards = [(data.x_train[idx], data.y_train[idx]) for idx in parts]
+    if name in ("fedavg", "fedavg-topk", "stc"):
+        return make_baseline(
+            name,
+            plain,
+            shards,
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            density=None if name == "fedavg" else density,
+            codec=config.codec,
+            value_dtype=config.value_dtype,
+        )
+    prior = config.sparse_prior(independent=name == "dturbo-independent")
+    aggregation = "moment_average" if name == "dturbo-moment" else config.aggregation
+    net = to_sparse_bayes(plain, init_scale=config.init_scale)
+    server = DTurboServer(
+        net,
+        prior,
+        [len(idx) for idx in parts],
+        aggregation=aggregation,
+        site_step=config.site_step,
+        init_precision=config.init_precision,
+        warmup_rounds=config.warmup_rounds,
+        codec=config.codec,
+        value_dtype=config.value_dtype,
+    )
+    base = NetworkConfig(
+        batch_size=config.batch_size, lr=config.lr, init_precision=config.init_precision
+    )
+    clients: list[FederatedClient] = [
+        DTurboClient(
+            k,
+            net,
+            prior,
+            x,
+            y,
+            local_epochs=config.local_epochs,
+            config=base.replace(seed=config.seed + k),
+            codec=config.codec,
+            value_dtype=config.value_dtype,
+            site=config.site,
+        )
+        for k, (x, y) in enumerate(shards)
+    ]
+    return server, clients
+
+
+def corrupt_reply(
+    payload: bytes, kind: str, codec: str, value_dtype: str, generator: torch.Generator
+) -> bytes:
+    """A reply spoilt as a faulty client would send it: ``"nan"`` (a NaN among the values),
+    ``"shape"`` (a block one column wider) or ``"variance"`` (negative variances, sent
+    without the log encoding; a message without variances gets a NaN instead)."""
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {list(CORRUPTIONS)}, got {kind!r}")
+    message = decode_message(payload)
+    sparse = [n for n, b in message.blocks.items() if b.values and len(b.shape) >= 2]
+    name = (
+        sparse[int(torch.randint(len(sparse), (1,), generator=generator))]
+        if sparse
+        else next(iter(message.blocks))
+    )
+    block = message.blocks[name]
+    if kind == "variance" and "variance" not in block.values:
+        kind = "nan"
+    if kind == "nan":
+        field_name = next(iter(block.values))
+        values = block.values[field_name].clone()
+        if values.numel():
+            values[int(torch.randint(values.numel(), (1,), generator=generator))] = math.nan
+        else:
+            kind = "shape"
+        block.values[field_name] = values
+    if kind == "variance":
+        block.values["variance"] = -block.values["variance"].abs() - 1e-3
+        block.log_fields = tuple(f for f in block.log_fields if f != "variance")
+    if kind == "shape":
+        rows, cols = block.shape[0], math.prod(block.shape[1:])
+        mask = block.mask if block.mask is not None else torch.ones(rows, cols, dtype=torch.bool)
+        wider = torch.zeros(rows, cols + 1, dtype=torch.bool)
+        wider[:, :cols] = mask.reshape(rows, cols)
+        block.shape, block.mask = (rows, cols + 1), wider
+    return encode_message(message, codec, value_dtype)
+
+
+def _final_summary(
+    name: str, server: FederatedServer, data: ClassificationData, records: list[RoundRecord]
+) -> tuple[dict[str, Any], nn.Module, dict[str, Tensor] | None]:
+    net = server.global_model()
+    layers = list(sparse_layers(net))
+    support = None
+    compact: nn.Module
+    if layers:
+        support = {
+            n: (layer.mask if layer.mask is not None else torch.ones_like(layer.weight_loc)).bool()
+            for n, layer in layers
+        }
+        kept = sum(int(m.sum()) for m in support.values())
+        density = kept / sum(m.numel() for m in support.values())
+        compact = export_compact(net, data.input_shape)
+    else:
+        weights = [p for p in net.parameters() if p.dim() >= 2]
+        density = sum(int((p != 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+        compact = copy.deepcopy(net).eval()
+    final = {
+        "accuracy": evaluate_accuracy(net, data.x_test, data.y_test),
+        "density": density,
+        "flops_dense": 2 * count_macs(net, data.input_shape),
+        "flops_compressed": 2 * count_macs(compact, data.input_shape),
+        "bytes_up": int(sum(r.bytes_up for r in records)),
+        "bytes_down": int(sum(r.bytes_down for r in records)),
+    }
+    return final, compact, support
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the last checkpoint whole
+
+
+def run_method(
+    name: str,
+    config: FederatedConfig,
+    data: ClassificationData,
+    parts: Sequence[Tensor],
+    *,
+    density: float | Sequence[float] | None = None,
+    checkpoint: Path | None = None,
+    progress_bar: bool = True,
+    hook_fn: Callable[[str, RoundRecord], None] | None = None,
+) -> MethodResult:
+    """Run one method for ``config.rounds`` rounds (resuming from ``checkpoint`` if it exists)."""
+    server, clients = build_method(name, config, data, parts, density)
+    K = len(clients)
+    select = torch.Generator().manual_seed(config.seed)
+    faults = torch.Generator().manual_seed(config.seed + 1)
+    records: list[RoundRecord] = []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        server.load_state_dict(state["server"])
+        for client, client_state in zip(clients, state["clients"], strict=True):
+            client.load_state_dict(client_state)
+        select.set_state(state["select"])
+        faults.set_state(state["faults"])
+        records = [RoundRecord(**r) for r in state["records"]]
+    per_round = max(1, round(config.participation * K))
+    dropout, corrupt = config.faults.get("dropout", 0.0), config.faults.get("corrupt", 0.0)
+    bar = tqdm(
+        range(len(records), config.rounds),
+        desc=name,
+        disable=not progress_bar,
+        leave=False,
+        initial=len(records),
+        total=config.rounds,
+    )
+    for r in bar:
+        t0 = time.perf_counter()
+        chosen = sorted(torch.randperm(K, generator=select)[:per_round].tolist())
+        density_down = server.density_down()
+        payloads = server.broadcast(chosen)
+        replies: dict[int, bytes] = {}
+        dropped = corrupted = 0
+        for k in chosen:
+            reply = clients[k].train(payloads[k])
+            u = float(torch.rand((), generator=faults))
+            if u < dropout:
+                dropped += 1
+                continue
+            if u < dropout + corrupt:
+                kind = CORRUPTIONS[int(torch.randint(len(CORRUPTIONS), (1,), generator=faults))]
+                reply = corrupt_reply(reply, kind, config.codec, config.value_dtype, faults)
+                corrupted += 1
+            replies[k] = reply
+        report = server.aggregate(replies)
+        accuracy = evaluate_accuracy(server.global_model(), data.x_test, data.y_test)
+        record = RoundRecord(
+            round=r + 1,
+            accuracy=accuracy,
+            bytes_up=int(sum(len(p) for p in replies.values())),
+            bytes_down=int(sum(len(p) for p in payloads.values())),
+            density_up=float(report.density_up),
+            density_down=float(density_down),
+            dropped=dropped,
+            rejected=len(report.rejected),
+            corrupted=corrupted,
+            time_s=time.perf_counter() - t0,
+        )
+        records.append(record)
+        if checkpoint is not None:
+            _save(
+                checkpoint,
+                {
+                    "server": server.state_dict(),
+                    "clients": [c.state_dict() for c in clients],
+                    "select": select.get_state(),
+                    "faults": faults.get_state(),
+                    "records": [x.to_dict() for x in records],
+                },
+            )
+        bar.set_postfix(
+            acc=f"{accuracy:.3f}",
+            up=f"{sum(x.bytes_up for x in records) / 1e6:.2f}MB",
+            down=f"{sum(x.bytes_down for x in records) / 1e6:.2f}MB",
+            density=f"{server.density_down():.3f}",
+        )
+        if hook_fn is not None:
+            hook_fn(name, record)
+    bar.close()
+    final, compact, support = _final_summary(name, server, data, records)
+    return MethodResult(name, records, final, compact, support)
+
+
+def run_federated(
+    config: FederatedConfig,
+    out: str | Path | None = None,
+    *,
+    progress_bar: bool = True,
+    resume: bool = True,
+    hook_fn: Callable[[str, RoundRecord], None] | None = None,
+) -> FederatedResult:
+    """Run every method of ``config`` in process and return their records.
+
+    D-Turbo-VBI methods run first, so top-k and STC can use D-Turbo-VBI's upload density of
+    the same run (per round) when ``config.baselines.density`` is not set.
+
+    :param FederatedConfig config: the experiment.
+    :param out: a folder for per-round checkpoints (``out/checkpoints/<method>.pt``); with
+        ``resume=True`` a run continues from them.
+    :param bool progress_bar: one tqdm bar per method over rounds.
+    :param hook_fn: called as ``hook_fn(method, record)`` after every round.
+    :returns: a :class:`FederatedResult`.
+
+    Example::
+
+        >>> config = FederatedConfig(rounds=10, methods=["dturbo", "fedavg"])
+        >>> result = run_federated(config)
+        >>> result.methods["dturbo"].final["accuracy"], result.methods["dturbo"].model
+    """
+    if not isinstance(config, FederatedConfig):
+        raise ValueError(f"config must be a FederatedConfig, got {type(config).__name__}")
+    folder = None
+    if out is not None:
+        folder = Path(out) / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+    data, parts = load_federated_data(config)
+    order = sorted(config.methods, key=lambda m: not m.startswith("dturbo"))
+    result = FederatedResult(config)
+    density: float | list[float] | None = config.baselines.get("density")
+    for name in order:
+        checkpoint = folder / f"{name}.pt" if folder is not None else None
+        if checkpoint is not None and not resume and checkpoint.exists():
+            checkpoint.unlink()
+        method_density = density
+        if method_density is None:
+            source = result.methods.get("dturbo") or next(iter(result.methods.values()), None)
+            method_density = [r.density_up for r in source.rounds] if source else 0.05
+            if isinstance(method_density, list):
+                method_density = [d if d > 0 else 1.0 for d in method_density]
+        result.methods[name] = run_method(
+            name,
+            config,
+            data,
+            parts,
+            density=method_density,
+            checkpoint=checkpoint,
+            progress_bar=progress_bar,
+            hook_fn=hook_fn,
+        )
+    result.methods = {name: result.methods[name] for name in config.methods}
+    return result

@@ -19,18 +19,18 @@ offset     bytes   content
 8 + ``H``  ...     the body: each block's sections, in the header's block order; nothing after
 =========  ======  =============================================================================
 
-The header is the object ``{"blocks": [...], "client": int, "dtype": str, "kind": str,
-"round": int, "scalars": {name: number}}``, ``dtype`` being the value dtype's name
-(``"float32"``, ``"float16"``, ``"bfloat16"``, or ``"float64"`` for exact runs), and
-``blocks`` listing each block, in the message's insertion order, as the array ``[name, shape,
-codec, nnz, fields, log_fields, sign_fields]``: ``shape`` a list of ints, ``codec`` the block's index codec (``"dense"`` when its
+The header is the object ``{"blocks": [...], "client": int, "dtype": str, "kind": str, "round":
+int, "scalars": {name: number}}``, ``dtype`` being the value dtype's name (``"float32"``,
+``"float16"``, ``"bfloat16"``, or ``"float64"`` for exact runs), and ``blocks`` listing each block,
+in the message's insertion order, as the array ``[name, shape, codec, nnz, fields, log_fields,
+sign_fields]``: ``shape`` a list of ints, ``codec`` the block's index codec (``"dense"`` when its
 mask is ``None``, else ``"coo"`` or ``"rle"``), ``nnz`` the number of entries sent (``numel`` if
-dense), ``fields`` the field names in order and ``log_fields`` / ``sign_fields`` the names of
-those sent as logarithms / as signs. Scalars keep their type: an int is a JSON integer, a float
-is written by Python's ``repr`` (always with a ``.`` or exponent, or ``NaN`` / ``Infinity``),
-which reads back to the same float, bit for bit; they come back in sorted name order. A block's
-shape has at most :data:`MAX_DIMS` sizes, and a message at most :data:`MAX_ENTRIES` entries in
-all (int32 flat indices).
+dense), ``fields`` the field names in order and ``log_fields`` / ``sign_fields`` the names of those
+sent as logarithms / as signs. Scalars keep their type: an int is a JSON integer, a float is
+written by Python's ``repr`` (always with a ``.`` or exponent, or ``NaN`` / ``Infinity``), which
+reads back to the same float, bit for bit; they come back in sorted name order. A block's shape has
+at most :data:`MAX_DIMS` sizes, and a message at most :data:`MAX_ENTRIES` entries in all (int32
+flat indices).
 
 With ``v`` bytes per value (4, 2, 2), a block of ``n`` entries sent (``nnz``, or ``numel`` if
 dense) and ``R`` runs of consecutive kept entries (row-major order, runs may cross row ends) has
@@ -466,7 +466,8 @@ def decode_message(payload: bytes) -> Message:
     """The message of a :func:`encode_message` payload, checked throughout.
 
     Values come back as float32 tensors (float64 for a float64 payload; log fields
-    exponentiated, sign fields as +1.0 / -1.0), masks as bool tensors of the block's shape (``None`` for dense blocks).
+    exponentiated, sign fields as +1.0 / -1.0), masks as bool tensors of the block's shape
+    (``None`` for dense blocks).
 
     Example::
 

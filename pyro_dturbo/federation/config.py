@@ -95,6 +95,8 @@ class FederatedConfig:
     :param methods: which of :data:`METHODS` to run, in order.
     :param dict faults: ``{dropout: p, corrupt: p}``, per reply: lost / corrupted.
     :param int warmup_rounds: rounds of w-steps before the first closed-form step.
+    :param int finetune_rounds: the last rounds, with the support frozen (only ``q(w)``
+        is merged; the federated counterpart of centralised fine-tuning).
     :param float site_step: how far a site moves to a client's new one (``None``: 1).
     :param float init_precision: the prior precision before the first closed-form step.
     :param float init_scale: the clients' initial posterior standard deviation ``sigma``
@@ -124,10 +126,11 @@ class FederatedConfig:
     value_dtype: str = "float16"
     methods: tuple[str, ...] = METHODS
     faults: dict[str, float] = field(default_factory=lambda: {"dropout": 0.0, "corrupt": 0.0})
-    warmup_rounds: int = 1
+    warmup_rounds: int = 5
+    finetune_rounds: int = 0
     site_step: float | None = None
     init_precision: float = 1.0
-    init_scale: float = 0.03
+    init_scale: float = 1e-3
     site: str = "marginal"
     test_fraction: float = 0.2
     baselines: dict[str, Any] = field(default_factory=lambda: {"density": None})

@@ -71,6 +71,9 @@ class DTurboServer:
         (``None``: ``1``; see ``docs/algorithm.md`` for the measurement behind it).
     :param float init_precision: the prior precision before the first closed-form step.
     :param int warmup_rounds: rounds before the first closed-form step (no pruning).
+    :param int freeze_round: from this round on the support is frozen: no more closed-form
+        steps or Module B, the active set stays, only ``q(w)`` is merged (the federated
+        counterpart of centralised fine-tuning; ``None``: never).
     :param float damping: Module B's damping, as centralised Turbo-VBI.
     :param str weight_prior: as :class:`~pyro_dturbo.inference.NetworkConfig`.
     :param str codec: the payloads' index codec (``"coo"``, ``"rle"``, ``"auto"``).
@@ -94,6 +97,7 @@ class DTurboServer:
         site_step: float | None = None,
         init_precision: float = 1.0,
         warmup_rounds: int = 0,
+        freeze_round: int | None = None,
         damping: float = 0.0,
         weight_prior: str = "mean_field",
         demo_constants: bool = False,
@@ -124,6 +128,11 @@ class DTurboServer:
         self.aggregation = aggregation
         self.site_step = step
         self.warmup_rounds = int(warmup_rounds)
+        if freeze_round is not None and freeze_round <= warmup_rounds:
+            raise ValueError(
+                f"freeze_round must be after the warm-up ({warmup_rounds}), got {freeze_round!r}"
+            )
+        self.freeze_round = freeze_round
         self.weight_prior = weight_prior
         self.demo_constants = bool(demo_constants)
         self.codec, self.value_dtype = codec, value_dtype
@@ -162,7 +171,18 @@ class DTurboServer:
         return len(self.client_sizes)
 
     def _prior(self, name: str) -> GaussianMessage:
-        return GaussianMessage.prior(self.state[name]["precision"])
+        return self._prior_of(self.state[name])
+
+    @staticmethod
+    def _prior_of(st: Mapping[str, Tensor]) -> GaussianMessage:
+        return GaussianMessage.prior(st["precision"])
+
+    @classmethod
+    def _total_of(cls, st: Mapping[str, Tensor]) -> GaussianMessage:
+        prior = cls._prior_of(st)
+        return GaussianMessage(
+            prior.precision + st["site_precision"].sum(0), prior.eta + st["site_eta"].sum(0)
+        )
 
     def _cavity(self, name: str, k: int, total: GaussianMessage) -> GaussianMessage:
         """Client ``k``'s cavity ``prior * prod_{j != k} t_j`` (floored to proper)."""
@@ -183,11 +203,7 @@ class DTurboServer:
 
     def _total(self, name: str) -> GaussianMessage:
         """``prior * prod_k t_k`` (unfloored natural parameters)."""
-        st = self.state[name]
-        prior = self._prior(name)
-        return GaussianMessage(
-            prior.precision + st["site_precision"].sum(0), prior.eta + st["site_eta"].sum(0)
-        )
+        return self._total_of(self.state[name])
 
     def broadcast(self, clients: Sequence[int]) -> dict[int, bytes]:
         """The payload of round :attr:`round` for each client id (unicast: one each).
@@ -347,6 +363,15 @@ class DTurboServer:
     def _closed_form(self, news: bool) -> None:
         """``q(w)``, the evidence, ``q(s)``, ``q(rho)``, Module B, the active set."""
         warm = self.round + 1 <= self.warmup_rounds
+        if self.freeze_round is not None and self.round >= self.freeze_round:
+            for st in self.state.values():
+                if self.aggregation == "product" and news:
+                    posterior = proper(self._total_of(st), self._prior_of(st))
+                    st["mean"] = torch.where(st["active"], posterior.mean, 0.0)
+                    st["variance"] = torch.where(
+                        st["active"], posterior.variance, 1.0 / st["precision"]
+                    )
+            return
         evidence: dict[str, Tensor] = {}
         moment = self._moment_round()
         split = self.aggregation == "product" and self.round + 1 == self.warmup_rounds

@@ -161,6 +161,7 @@ def build_method(
         site_step=config.site_step,
         init_precision=config.init_precision,
         warmup_rounds=config.warmup_rounds,
+        freeze_round=(config.rounds - config.finetune_rounds) if config.finetune_rounds else None,
         codec=config.codec,
         value_dtype=config.value_dtype,
     )

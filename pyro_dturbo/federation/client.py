@@ -112,7 +112,8 @@ class DTurboClient:
                     target.view(shape)[active] = values  # noqa: B023 (used at once)
 
                 put(layer.weight_loc.data, v["mean"])
-                put(layer.weight_log_scale.data, 0.5 * torch.log(v["variance"]))
+                if "variance" in v:
+                    put(layer.weight_log_scale.data, 0.5 * torch.log(v["variance"]))
                 put(layer.prior_precision, v["prior_precision"])
                 put(layer.prior_mean, v.get("prior_mean", torch.zeros_like(v["mean"])))
                 layer.set_mask(None if bool(active.all()) else active)
@@ -138,8 +139,9 @@ class DTurboClient:
                 f"{message.client}"
             )
         self._apply(message)
+        map_round = bool(message.scalars.get("map", 0))
         self.params, self.metrics, sites = self.module_a.w_steps(
-            self.params, curvature=self.site == "curvature"
+            self.params, curvature=self.site == "curvature" and not map_round, map=map_round
         )
         blocks: dict[str, Block] = {}
         with torch.no_grad():
@@ -154,12 +156,11 @@ class DTurboClient:
                     q = GaussianMessage(precision, precision * mean)
                 else:
                     q = GaussianMessage.from_moments(mean, layer.weight_variance.reshape(shape))
-                blocks[name] = Block(
-                    tuple(shape),
-                    active,
-                    {"mean": q.mean[active], "variance": q.variance[active]},
-                    log_fields=("variance",),
-                )
+                values = {"mean": q.mean[active]}
+                if not map_round:  # fine-tuning rounds carry means only
+                    values["variance"] = q.variance[active]
+                logs = ("variance",) if "variance" in values else ()
+                blocks[name] = Block(tuple(shape), active, values, log_fields=logs)
                 if layer.bias is not None:
                     blocks[f"{name}.bias"] = Block(
                         tuple(layer.bias.shape), None, {"value": layer.bias.detach().clone()}

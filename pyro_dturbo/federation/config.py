@@ -97,7 +97,7 @@ class FederatedConfig:
     :param int warmup_rounds: rounds of w-steps before the first closed-form step.
     :param int finetune_rounds: the last rounds, with the support frozen (only ``q(w)``
         is merged; the federated counterpart of centralised fine-tuning).
-    :param float site_step: how far a site moves to a client's new one (``None``: 1).
+    :param float site_step: how far a site moves to a client's new one (``None``: ``1/K``).
     :param float init_precision: the prior precision before the first closed-form step.
     :param float init_scale: the clients' initial posterior standard deviation ``sigma``
         (a site is ``q_k / cavity``, so ``sigma`` must start near its fixed point, not at a
@@ -127,7 +127,7 @@ class FederatedConfig:
     methods: tuple[str, ...] = METHODS
     faults: dict[str, float] = field(default_factory=lambda: {"dropout": 0.0, "corrupt": 0.0})
     warmup_rounds: int = 5
-    finetune_rounds: int = 0
+    finetune_rounds: int = 30
     site_step: float | None = None
     init_precision: float = 1.0
     init_scale: float = 1e-3

@@ -68,7 +68,8 @@ class DTurboServer:
         biases' (and, with moment averaging, the moments') average.
     :param str aggregation: one of :data:`AGGREGATIONS`.
     :param float site_step: how far a stored site moves to a client's new one, ``(0, 1]``
-        (``None``: ``1``; see ``docs/algorithm.md`` for the measurement behind it).
+        (``None``: ``1 / K``, as federated EP; see ``docs/algorithm.md`` for the measurement
+        behind it).
     :param float init_precision: the prior precision before the first closed-form step.
     :param int warmup_rounds: rounds before the first closed-form step (no pruning).
     :param int freeze_round: from this round on the support is frozen: no more closed-form
@@ -111,7 +112,9 @@ class DTurboServer:
         sizes = [int(n) for n in client_sizes]
         if not sizes or any(n < 1 for n in sizes):
             raise ValueError(f"client_sizes must be >= 1 each (and not empty), got {sizes}")
-        step = 1.0 if site_step is None else float(site_step)
+        # FedEP's 1/K: K parallel site updates from one cavity move the product K times as
+        # far as one would; undamped, the first product rounds diverged (docs/algorithm.md)
+        step = 1.0 / len(sizes) if site_step is None else float(site_step)
         if not 0.0 < step <= 1.0:
             raise ValueError(f"site_step must be in (0, 1], got {site_step!r}")
         if not init_precision > 0:
@@ -199,7 +202,17 @@ class DTurboServer:
         ``aggregation="moment_average"``; with ``"product"`` during the warm-up rounds, where
         the clients' variances are still far from any fixed point (a site ``q_k / cavity``
         would count the initial precision, which no data gave, once per client)."""
-        return self.aggregation == "moment_average" or self.round < self.warmup_rounds
+        return (
+            self.aggregation == "moment_average"
+            or self.round < self.warmup_rounds
+            or self._map_round()
+        )
+
+    def _map_round(self) -> bool:
+        """Whether this is a fine-tuning round (support frozen): the clients take MAP steps on
+        the pruned mean, so only means travel and are averaged (a sparse FedAvg on the active
+        set, as centralised ``finetune="map"``)."""
+        return self.freeze_round is not None and self.round >= self.freeze_round
 
     def _total(self, name: str) -> GaussianMessage:
         """``prior * prod_k t_k`` (unfloored natural parameters)."""
@@ -223,24 +236,24 @@ class DTurboServer:
                 st = self.state[name]
                 active = st["active"]
                 cav = self._cavity(name, k, totals[name])
-                values = {
-                    "mean": st["mean"][active],
-                    "variance": st["variance"][active],
-                    "prior_precision": cav.precision[active],
-                }
+                values = {"mean": st["mean"][active]}
+                if not self._map_round():
+                    values["variance"] = st["variance"][active]
+                values["prior_precision"] = cav.precision[active]
                 if not self._moment_round():
                     values["prior_mean"] = cav.mean[active]
                 blocks[name] = Block(
                     tuple(self.shapes[name]),
                     active,
                     values,
-                    log_fields=("variance", "prior_precision"),
+                    log_fields=tuple(f for f in ("variance", "prior_precision") if f in values),
                 )
                 if "bias" in st:
                     blocks[f"{name}.bias"] = Block(
                         tuple(st["bias"].shape), None, {"value": st["bias"]}
                     )
-            message = Message(DOWN, self.round, k, blocks)
+            scalars: dict[str, float | int] = {"map": 1} if self._map_round() else {}
+            message = Message(DOWN, self.round, k, blocks, scalars)
             payloads[k] = encode_message(message, self.codec, self.value_dtype)
         return payloads
 
@@ -276,12 +289,13 @@ class DTurboServer:
                 return None, f"{name}: shape {tuple(block.shape)}, expected {self.shapes[name]}"
             if not torch.equal(block.mask.to(st["active"].device), st["active"]):
                 return None, f"{name}: the reply's support differs from the one sent"
-            if set(block.values) != {"mean", "variance"}:
-                return None, f"{name}: fields {sorted(block.values)}, expected mean, variance"
+            fields = {"mean"} if self._map_round() else {"mean", "variance"}
+            if set(block.values) != fields:
+                return None, f"{name}: fields {sorted(block.values)}, expected {sorted(fields)}"
             for field, value in block.values.items():
                 if not bool(torch.isfinite(value).all()):
                     return None, f"{name}.{field}: NaN or Inf"
-            if not bool((block.values["variance"] > 0).all()):
+            if "variance" in block.values and not bool((block.values["variance"] > 0).all()):
                 return None, f"{name}.variance: not positive"
             if "bias" in st:
                 bias = message.blocks[f"{name}.bias"]
@@ -338,8 +352,14 @@ class DTurboServer:
             active = st["active"]
             like = st["mean"]
             means = [accepted[k].blocks[name].values["mean"].to(like) for k in ids]
-            variances = [accepted[k].blocks[name].values["variance"].to(like) for k in ids]
-            if not self._moment_round():
+            if self._map_round():
+                st["mean"][active], _ = moment_average(means, means, weights)
+                variances = []
+            else:
+                variances = [accepted[k].blocks[name].values["variance"].to(like) for k in ids]
+            if self._map_round():
+                pass
+            elif not self._moment_round():
                 total = self._total(name)
                 for k, mean, variance in zip(ids, means, variances, strict=True):
                     cav = self._cavity(name, k, total)
@@ -363,15 +383,8 @@ class DTurboServer:
     def _closed_form(self, news: bool) -> None:
         """``q(w)``, the evidence, ``q(s)``, ``q(rho)``, Module B, the active set."""
         warm = self.round + 1 <= self.warmup_rounds
-        if self.freeze_round is not None and self.round >= self.freeze_round:
-            for st in self.state.values():
-                if self.aggregation == "product" and news:
-                    posterior = proper(self._total_of(st), self._prior_of(st))
-                    st["mean"] = torch.where(st["active"], posterior.mean, 0.0)
-                    st["variance"] = torch.where(
-                        st["active"], posterior.variance, 1.0 / st["precision"]
-                    )
-            return
+        if self._map_round():
+            return  # the support is frozen: the merge averaged the means, nothing else moves
         evidence: dict[str, Tensor] = {}
         moment = self._moment_round()
         split = self.aggregation == "product" and self.round + 1 == self.warmup_rounds

@@ -133,9 +133,10 @@ class NetworkConfig:
         default; see ``docs/algorithm.md``.
     :param str prune: when weights are removed: ``"finetune"`` masks them once, when the
         support is frozen for fine-tuning; ``"iteration"`` after every closed-form step (the
-        weights with ``q(s) < 0.5`` are exactly zero and frozen, their ``q(w)`` is the prior). The federated clients work
-        this way (a pruned weight is never sent), so one client reproduces it. A removed
-        weight keeps the evidence it last had; Module B alone may turn it back on.
+        weights with ``q(s) < 0.5`` are exactly zero and frozen, their ``q(w)`` is the
+        prior). The federated clients work this way (a pruned weight is never sent), so one
+        client reproduces it. A removed weight keeps the evidence it last had; Module B alone
+        may turn it back on.
     :param int warmup_epochs: epochs of w-steps under ``E[rho] = init_precision`` first.
     :param int finetune_epochs: the last epochs: the support is frozen at ``q(s) > 0.5``,
         pruned weights are masked out and only ``q(w)`` trains.
@@ -384,17 +385,19 @@ class NetworkModuleA:
         return self._snapshot(evidence=evidence, **state), _messages(evidence), metrics
 
     def w_steps(
-        self, params: dict[str, Any], curvature: bool = False
+        self, params: dict[str, Any], curvature: bool = False, map: bool = False
     ) -> tuple[dict[str, Any], dict[str, float], dict[str, GaussianMessage]]:
         """Only the ``steps_per_iter`` w-steps, against each layer's Gaussian prior as it is
         in ``params`` (a federated client's cavity): no closed-form step, no message.
 
         :param bool curvature: also read the data's site on every weight off the steps'
             gradients (:meth:`data_site` with ``evidence="curvature"``).
+        :param bool map: steps on the (pruned) posterior mean itself, as the fine-tuning of
+            ``finetune="map"`` (no curvature then).
         :returns: the new params (``params`` is not changed), the metrics of the steps, and
             ``{layer: data site}`` (empty without ``curvature``).
         """
-        state, metrics, sums = self._w_steps(params, frozen=False, curvature=curvature)
+        state, metrics, sums = self._w_steps(params, frozen=map, curvature=curvature and not map)
         sites = {name: self.data_site(name, sums[name]) for name in sums}
         return self._snapshot(evidence=params["evidence"], **state), metrics, sites
 

@@ -194,22 +194,13 @@ def _faulty(method):
     return run_federated(config, progress_bar=False).methods[method]
 
 
-STC_CORRUPT_BUG = (
-    "corrupt_reply ('nan', and 'variance' which falls back to it) writes a NaN into the first "
-    "field of the block, which for STC is the sign field; encode_message then raises "
-    "ValueError('sign field holds values other than +1 and -1') and the run crashes"
-)
-
-
 @pytest.mark.parametrize(
     "method",
     [
         "dturbo",
         "fedavg",
         "fedavg-topk",
-        pytest.param(
-            "stc", marks=pytest.mark.xfail(reason=STC_CORRUPT_BUG, raises=ValueError, strict=True)
-        ),
+        pytest.param("stc"),
     ],
 )
 def test_faults_every_corrupted_reply_is_rejected_and_counted(method, caplog):
@@ -227,7 +218,6 @@ def test_faults_every_corrupted_reply_is_rejected_and_counted(method, caplog):
     assert 0 <= result.final["accuracy"] <= 1
 
 
-@pytest.mark.xfail(reason=STC_CORRUPT_BUG, raises=ValueError, strict=True)
 def test_corrupt_reply_nan_on_an_stc_reply_gives_a_rejected_reply():
     config = tiny(methods=["stc"], baselines={"density": 0.2})
     data, parts = load_federated_data(config)
@@ -297,6 +287,18 @@ def test_bad_field_is_a_value_error_naming_it(changes, field):
         FederatedConfig(**{**good, **changes})
     with pytest.raises(ValueError, match=re.escape(f"FederatedConfig.{field}:")):
         FederatedConfig.from_yaml(yaml.safe_dump({**good, **changes}))
+
+
+@pytest.mark.skipif("finetune_rounds" not in _FIELDS, reason="no finetune_rounds field")
+def test_config_accepted_means_its_methods_build():
+    """Either the config is refused naming finetune_rounds, or every method builds."""
+    try:
+        config = FederatedConfig(rounds=10, warmup_rounds=5, methods=["dturbo"])
+    except ValueError as error:
+        assert "FederatedConfig.finetune_rounds" in str(error)
+        return
+    data, parts = load_federated_data(config)
+    build_method("dturbo", config, data, parts)
 
 
 def test_unknown_key_is_a_value_error_naming_it():

@@ -43,7 +43,7 @@ from pyro_dturbo.federation.server import AGGREGATIONS
 from pyro_dturbo.models.prior import SparsePrior
 from pyro_dturbo.models.zoo import ZOO
 
-__all__ = ["FederatedConfig", "METHODS", "VALUE_DTYPE_NAMES", "CORRUPTIONS"]
+__all__ = ["FederatedConfig", "METHODS", "VALUE_DTYPE_NAMES", "CORRUPTIONS", "DECISION_ROUNDS"]
 
 #: the methods :func:`~pyro_dturbo.federation.simulation.run_federated` runs, by name
 METHODS: tuple[str, ...] = (
@@ -54,6 +54,8 @@ METHODS: tuple[str, ...] = (
     "fedavg-topk",
     "stc",
 )
+#: rounds after the warm-up in which the support is decided, when ``finetune_rounds`` is not set
+DECISION_ROUNDS = 5
 #: the payload value dtypes, by name
 VALUE_DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 #: how an injected fault corrupts a reply (one drawn per corrupted reply)
@@ -95,8 +97,10 @@ class FederatedConfig:
     :param methods: which of :data:`METHODS` to run, in order.
     :param dict faults: ``{dropout: p, corrupt: p}``, per reply: lost / corrupted.
     :param int warmup_rounds: rounds of w-steps before the first closed-form step.
-    :param int finetune_rounds: the last rounds, with the support frozen (only ``q(w)``
-        is merged; the federated counterpart of centralised fine-tuning).
+    :param int finetune_rounds: the last rounds, with the support frozen: the clients take
+        MAP steps on the pruned mean and only means travel (the federated counterpart of
+        centralised fine-tuning). ``None``: all rounds but the warm-up and the
+        :data:`DECISION_ROUNDS` after it, in which the support is decided.
     :param float site_step: how far a site moves to a client's new one (``None``: ``1/K``).
     :param float init_precision: the prior precision before the first closed-form step.
     :param float init_scale: the clients' initial posterior standard deviation ``sigma``
@@ -127,7 +131,7 @@ class FederatedConfig:
     methods: tuple[str, ...] = METHODS
     faults: dict[str, float] = field(default_factory=lambda: {"dropout": 0.0, "corrupt": 0.0})
     warmup_rounds: int = 5
-    finetune_rounds: int = 30
+    finetune_rounds: int | None = None
     site_step: float | None = None
     init_precision: float = 1.0
     init_scale: float = 1e-3
@@ -244,6 +248,14 @@ class FederatedConfig:
                 raise _error("partition.per_client", f"must be an integer >= 1, got {per!r}")
 
     # -- derived ---------------------------------------------------------------------------
+    @property
+    def freeze_round(self) -> int | None:
+        """The first round with the support frozen (``None``: never)."""
+        finetune = self.finetune_rounds
+        if finetune is None:
+            finetune = max(0, self.rounds - self.warmup_rounds - DECISION_ROUNDS)
+        return self.rounds - finetune if finetune > 0 else None
+
     def sparse_prior(self, independent: bool = False) -> SparsePrior:
         """The declared prior; ``independent=True``: the same Gamma laws with independent
         supports at the declared support's stationary density (the ablation)."""

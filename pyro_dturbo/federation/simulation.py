@@ -161,7 +161,7 @@ def build_method(
         site_step=config.site_step,
         init_precision=config.init_precision,
         warmup_rounds=config.warmup_rounds,
-        freeze_round=(config.rounds - config.finetune_rounds) if config.finetune_rounds else None,
+        freeze_round=config.freeze_round,
         codec=config.codec,
         value_dtype=config.value_dtype,
     )
@@ -195,22 +195,27 @@ def corrupt_reply(
     if kind not in CORRUPTIONS:
         raise ValueError(f"corruption must be one of {list(CORRUPTIONS)}, got {kind!r}")
     message = decode_message(payload)
-    sparse = [n for n, b in message.blocks.items() if b.values and len(b.shape) >= 2]
-    name = (
-        sparse[int(torch.randint(len(sparse), (1,), generator=generator))]
-        if sparse
-        else next(iter(message.blocks))
-    )
+    # a value that can hold a NaN: not a sign field (those are +-1 by construction)
+    candidates = [
+        (n, f)
+        for n, b in message.blocks.items()
+        for f, v in b.values.items()
+        if f not in b.sign_fields and v.numel()
+    ]
+    weights = [c for c in candidates if len(message.blocks[c[0]].shape) >= 2]
+    pool = weights or candidates
+    if kind == "nan" and not pool:
+        kind = "shape"
+    if pool:
+        name, field_name = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+    else:
+        name, field_name = next(iter(message.blocks)), ""
     block = message.blocks[name]
     if kind == "variance" and "variance" not in block.values:
         kind = "nan"
     if kind == "nan":
-        field_name = next(iter(block.values))
         values = block.values[field_name].clone()
-        if values.numel():
-            values[int(torch.randint(values.numel(), (1,), generator=generator))] = math.nan
-        else:
-            kind = "shape"
+        values[int(torch.randint(values.numel(), (1,), generator=generator))] = math.nan
         block.values[field_name] = values
     if kind == "variance":
         block.values["variance"] = -block.values["variance"].abs() - 1e-3

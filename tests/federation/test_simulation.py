@@ -200,7 +200,7 @@ def _faulty(method):
         "dturbo",
         "fedavg",
         "fedavg-topk",
-        pytest.param("stc"),
+        "stc",
     ],
 )
 def test_faults_every_corrupted_reply_is_rejected_and_counted(method, caplog):

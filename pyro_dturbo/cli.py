@@ -4,6 +4,7 @@ Subcommands::
 
     dturbo demo [--out results/demo] [--seed 0]     # Turbo-VBI vs SVI vs oracle, < 2 minutes
     dturbo compress --dataset digits --model mlp --prior chain --epochs 80 --seed 0 --out DIR
+    dturbo federate --config configs/federated_digits.yaml --out DIR   # all methods, in process
 
 also runnable as ``python -m pyro_dturbo.cli demo``. Every subcommand writes JSON and a plot
 into its ``--out`` folder and prints where.
@@ -12,10 +13,14 @@ into its ``--out`` folder and prints where.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -148,6 +153,128 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the engines of ``dturbo federate``; only the in-process one exists so far
+FEDERATE_ENGINES = ("inprocess", "flower", "flower-sim")
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help; an option whose default is ``None`` (required,
+    or taken from the config) says so in its own help text instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
+    return names
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Create ``path`` if needed and check a file can be written there; the problem, or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".dturbo-write-test-"):
+            pass
+    except OSError as error:
+        return f"--out {path} is not a writable folder ({error.strerror or error})"
+    return None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict as JSON reads it back, without ``methods`` (checkpoints are per method)."""
+    plain: dict[str, Any] = json.loads(json.dumps(config))
+    plain.pop("methods", None)
+    return plain
+
+
+def _federate(args: argparse.Namespace) -> int:  # noqa: C901 (one check per input, in order)
+    from pyro_dturbo.federation.config import FederatedConfig
+
+    def fail(message: str) -> int:
+        print(f"dturbo federate: {message}", file=sys.stderr)
+        return 2
+
+    if args.engine != "inprocess":
+        return fail(
+            f"--engine {args.engine}: not available yet: the Flower engine is a separate issue "
+            "(use --engine inprocess)"
+        )
+    try:
+        config = FederatedConfig.from_yaml(Path(args.config))
+        overrides: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("rounds", args.rounds),
+                ("methods", args.methods),
+                ("seed", args.seed),
+            )
+            if value is not None
+        }
+        if overrides:
+            config = config.replace(**overrides)
+    except (ValueError, FileNotFoundError) as error:  # a bad field, named
+        return fail(str(error))
+    out = Path(args.out)
+    problem = _writable_folder(out)
+    if problem is not None:
+        return fail(problem)
+    checkpoints = out / "checkpoints"
+    if args.fresh and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    stamp = checkpoints / "config.json"
+    if stamp.exists() and _comparable(json.loads(stamp.read_text())) != _comparable(
+        config.to_dict()
+    ):
+        return fail(
+            f"the checkpoints in {checkpoints} are of a different config; "
+            "rerun with --fresh to start over"
+        )
+
+    from pyro_dturbo.experiments.federated import summary_lines, write_federated_report
+    from pyro_dturbo.experiments.tables import write_json
+    from pyro_dturbo.federation.base import RoundRecord
+    from pyro_dturbo.federation.simulation import run_federated
+
+    write_json(stamp, config.to_dict())
+    model = f"mlp {list(config.hidden)}" if config.model == "mlp" else config.model
+    print(
+        f"dturbo federate: {model} on {config.dataset}, {config.clients} clients "
+        f"({config.partition['type']}, participation {config.participation:g}), "
+        f"{config.rounds} rounds, methods {', '.join(config.methods)}"
+    )
+    start = time.perf_counter()
+
+    def announce(name: str, record: RoundRecord) -> None:
+        if record.round == config.rounds:
+            print(
+                f"  {name}: {record.round} rounds done, accuracy {record.accuracy:.4f} "
+                f"({time.perf_counter() - start:.0f} s so far)",
+                flush=True,
+            )
+
+    try:
+        result = run_federated(
+            config,
+            out,
+            progress_bar=not args.no_progress,
+            resume=not args.fresh,
+            hook_fn=announce if args.no_progress else None,
+        )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        return fail(str(error))
+    elapsed = time.perf_counter() - start
+    paths = write_federated_report(result, out)
+    print("\n".join(summary_lines(result)))
+    written = [str(p) for p in paths.values()]
+    print(f"{elapsed:.1f} s; wrote {', '.join(written[:-1])} and {written[-1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dturbo`` argument parser (one subparser per subcommand)."""
     parser = argparse.ArgumentParser(
@@ -225,6 +352,54 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--out", type=Path, default=Path("results/compress_run"))
     compress.add_argument("--no-progress-bar", action="store_true")
     compress.set_defaults(func=_compress)
+
+    federate = sub.add_parser(
+        "federate",
+        help="run federated D-Turbo-VBI and the baselines from a YAML config",
+        formatter_class=_DefaultsFormatter,
+        description=(
+            "Runs every method of the config (D-Turbo-VBI variants, FedAvg, FedAvg + top-k, "
+            "STC) on its clients, counting the bytes of every message. Writes report.json, "
+            "accuracy_vs_bytes.png and support.png into --out, checkpoints into "
+            "--out/checkpoints (a rerun resumes from them), and prints one line per method."
+        ),
+    )
+    federate.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the experiment's YAML file, e.g. configs/federated_digits.yaml (required)",
+    )
+    federate.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output folder (required)"
+    )
+    federate.add_argument(
+        "--engine",
+        choices=FEDERATE_ENGINES,
+        default="inprocess",
+        help="where clients run: inprocess (all in this process); flower / flower-sim are "
+        "not available yet",
+    )
+    federate.add_argument(
+        "--rounds", type=_positive_int, metavar="N", help="rounds (default: the config's)"
+    )
+    federate.add_argument(
+        "--methods",
+        type=_method_list,
+        metavar="A,B",
+        help="methods, comma-separated, e.g. dturbo,fedavg (default: the config's)",
+    )
+    federate.add_argument("--seed", type=int, metavar="S", help="seed (default: the config's)")
+    federate.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (a line per method instead)"
+    )
+    federate.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete --out/checkpoints first and start over instead of resuming",
+    )
+    federate.set_defaults(func=_federate)
     return parser
 
 

@@ -91,6 +91,8 @@ class DTurboClient:
         }
         self.params = self.module_a.init_params(uniform)
         self.metrics: dict[str, float] = {}
+        #: the active set of every layer as last received (the server may then omit it)
+        self.known: dict[str, Tensor] = {}
 
     def _apply(self, message: Message) -> None:
         """Load the server's message into the live network and optimiser."""
@@ -99,12 +101,21 @@ class DTurboClient:
         with torch.no_grad():
             for name, layer in module_a.layers.items():
                 block = message.blocks.get(name)
-                if block is None or block.mask is None:
+                if block is None or (block.mask is None and not block.known_mask):
                     raise ValueError(f"the server's message has no sparse block {name!r}")
                 shape = layer.matrix_shape
                 if tuple(block.shape) != tuple(shape):
                     raise ValueError(f"{name}: block shape {block.shape}, layer {shape}")
-                active = block.mask.to(layer.weight_loc.device).reshape(shape)
+                if block.mask is None:
+                    if name not in self.known:
+                        raise ValueError(f"{name}: the server assumed a support this client lacks")
+                    mask = self.known[name]
+                else:
+                    mask = block.mask.to(torch.bool).reshape(shape)
+                if any(t.numel() != int(mask.sum()) for t in block.values.values()):
+                    raise ValueError(f"{name}: the values do not fit the support")
+                self.known[name] = mask.clone()
+                active = mask.to(layer.weight_loc.device)
                 like = layer.weight_loc
                 v = {f: t.to(like) for f, t in block.values.items()}
 
@@ -114,8 +125,9 @@ class DTurboClient:
                 put(layer.weight_loc.data, v["mean"])
                 if "variance" in v:
                     put(layer.weight_log_scale.data, 0.5 * torch.log(v["variance"]))
-                put(layer.prior_precision, v["prior_precision"])
-                put(layer.prior_mean, v.get("prior_mean", torch.zeros_like(v["mean"])))
+                if "prior_precision" in v:  # else: unchanged since the last payload applied
+                    put(layer.prior_precision, v["prior_precision"])
+                    put(layer.prior_mean, v.get("prior_mean", torch.zeros_like(v["mean"])))
                 layer.set_mask(None if bool(active.all()) else active)
                 bias = message.blocks.get(f"{name}.bias")
                 if layer.bias is not None:
@@ -147,9 +159,7 @@ class DTurboClient:
         with torch.no_grad():
             for name, layer in self.module_a.layers.items():
                 shape = layer.matrix_shape
-                mask = message.blocks[name].mask
-                assert mask is not None
-                active = mask.to(layer.weight_loc.device).reshape(shape)
+                active = self.known[name].to(layer.weight_loc.device)
                 mean = layer.weight_loc.reshape(shape)
                 if name in sites:
                     precision = layer.prior_precision.reshape(shape) + sites[name].precision
@@ -160,7 +170,8 @@ class DTurboClient:
                 if not map_round:  # fine-tuning rounds carry means only
                     values["variance"] = q.variance[active]
                 logs = ("variance",) if "variance" in values else ()
-                blocks[name] = Block(tuple(shape), active, values, log_fields=logs)
+                # the server sent this support: the reply needs no index
+                blocks[name] = Block(tuple(shape), active, values, log_fields=logs, known_mask=True)
                 if layer.bias is not None:
                     blocks[f"{name}.bias"] = Block(
                         tuple(layer.bias.shape), None, {"value": layer.bias.detach().clone()}
@@ -170,13 +181,14 @@ class DTurboClient:
             message.round,
             self.client_id,
             blocks,
-            scalars={"num_examples": self.num_examples},
+            scalars={"num_examples": self.num_examples, "ack": message.round},
         )
         return encode_message(reply, self.codec, self.value_dtype)
 
     def state_dict(self) -> dict[str, Any]:
         """The client's training state (network, Adam, data order, generators)."""
-        return {"params": self.params}
+        return {"params": self.params, "known": {k: v.clone() for k, v in self.known.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.params = state["params"]
+        self.known = {k: v.clone() for k, v in state.get("known", {}).items()}

@@ -24,13 +24,13 @@ int, "scalars": {name: number}}``, ``dtype`` being the value dtype's name (``"fl
 ``"float16"``, ``"bfloat16"``, or ``"float64"`` for exact runs), and ``blocks`` listing each block,
 in the message's insertion order, as the array ``[name, shape, codec, nnz, fields, log_fields,
 sign_fields]``: ``shape`` a list of ints, ``codec`` the block's index codec (``"dense"`` when its
-mask is ``None``, else ``"coo"`` or ``"rle"``), ``nnz`` the number of entries sent (``numel`` if
-dense), ``fields`` the field names in order and ``log_fields`` / ``sign_fields`` the names of those
-sent as logarithms / as signs. Scalars keep their type: an int is a JSON integer, a float is
-written by Python's ``repr`` (always with a ``.`` or exponent, or ``NaN`` / ``Infinity``), which
-reads back to the same float, bit for bit; they come back in sorted name order. A block's shape has
-at most :data:`MAX_DIMS` sizes, and a message at most :data:`MAX_ENTRIES` entries in all (int32
-flat indices).
+mask is ``None``, ``"known"`` when the receiver holds the mask, else ``"coo"`` or ``"rle"``),
+``nnz`` the number of entries sent (``numel`` if dense), ``fields`` the field names in order and
+``log_fields`` / ``sign_fields`` the names of those sent as logarithms / as signs. Scalars keep
+their type: an int is a JSON integer, a float is written by Python's ``repr`` (always with a ``.``
+or exponent, or ``NaN`` / ``Infinity``), which reads back to the same float, bit for bit; they come
+back in sorted name order. A block's shape has at most :data:`MAX_DIMS` sizes, and a message at
+most :data:`MAX_ENTRIES` entries in all (int32 flat indices).
 
 With ``v`` bytes per value (4, 2, 2), a block of ``n`` entries sent (``nnz``, or ``numel`` if
 dense) and ``R`` runs of consecutive kept entries (row-major order, runs may cross row ends) has
@@ -125,7 +125,7 @@ MAX_ENTRIES = 2**31 - 1
 MAX_DIMS = 64
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in MESSAGE_DTYPES}
-_INDEX_CODECS = ("dense", "coo", "rle")
+_INDEX_CODECS = ("dense", "coo", "rle", "known")
 _HEADER_KEYS = frozenset({"blocks", "client", "dtype", "kind", "round", "scalars"})
 
 
@@ -141,6 +141,10 @@ class Block:
         precisions), so a narrow value dtype keeps relative precision.
     :ivar sign_fields: fields whose values are all +1 or -1, sent as one bit per entry (the
         signs of STC's ternary updates).
+    :ivar bool known_mask: the receiver already holds ``mask`` (e.g. the support it was sent
+        and acknowledged), so no index section is written (index codec ``"known"``, 0
+        bytes); decoding gives ``mask=None`` with ``known_mask=True`` and the receiver
+        supplies the mask (only ``nnz`` is checked here).
     """
 
     shape: tuple[int, ...]
@@ -148,6 +152,7 @@ class Block:
     values: dict[str, Tensor]
     log_fields: tuple[str, ...] = ()
     sign_fields: tuple[str, ...] = ()
+    known_mask: bool = False
 
 
 @dataclass
@@ -226,7 +231,14 @@ def _encode_block(name: str, block: Block, codec: str, dtype: torch.dtype) -> tu
         raise ValueError(f"{what} must be a Block, got {type(block).__name__}")
     shape = _shape(block.shape, what)
     numel = math.prod(shape)
-    if block.mask is None:
+    if block.mask is None and block.known_mask:
+        # a decoded known-mask block: the entries are counted by its fields
+        index_codec, index = "known", b""
+        lengths = {int(torch.as_tensor(v).numel()) for v in block.values.values()}
+        nnz = lengths.pop() if len(lengths) == 1 else -1
+        if not 0 <= nnz <= numel:
+            raise ValueError(f"{what}: a known-mask block needs fields of one length <= {numel}")
+    elif block.mask is None:
         index_codec, index = "dense", b""
         nnz = numel
     else:
@@ -235,6 +247,11 @@ def _encode_block(name: str, block: Block, codec: str, dtype: torch.dtype) -> tu
             raise ValueError(f"{what}: mask shape {tuple(mask.shape)} != block shape {shape}")
         flat_mask = mask.reshape(-1) != 0
         nnz = int(flat_mask.sum())
+    if block.mask is None:
+        pass
+    elif block.known_mask:
+        index_codec, index = "known", b""
+    else:
         coo = _index_bytes(flat_mask) if codec != "rle" else None
         rle = _run_table_bytes(flat_mask) if codec != "coo" else None
         if coo is not None and (rle is None or len(coo) <= len(rle)):
@@ -458,7 +475,9 @@ def _decode_block(
         offset += size
     if mask is not None:
         mask = mask.reshape(tuple(shape))
-    block = Block(tuple(shape), mask, values, tuple(log_fields), tuple(sign_fields))
+    block = Block(
+        tuple(shape), mask, values, tuple(log_fields), tuple(sign_fields), codec == "known"
+    )
     return block, offset
 
 

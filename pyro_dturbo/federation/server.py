@@ -149,6 +149,12 @@ class DTurboServer:
         K = len(sizes)
         self.round = 0
         self.expected: list[int] = []
+        # what each client holds: the round of the last payload it applied (acknowledged in
+        # its accepted reply); the first rounds whose payloads carry the current support and
+        # the current prior. A client that holds them is sent neither again.
+        self.acked: list[int] = [-1] * K
+        self.support_round = 0
+        self.prior_round = 0
         with torch.no_grad():
             self.pi = self.module_b.initial(**like)
             self.state: dict[str, dict[str, Tensor]] = {}
@@ -239,14 +245,16 @@ class DTurboServer:
                 values = {"mean": st["mean"][active]}
                 if not self._map_round():
                     values["variance"] = st["variance"][active]
-                values["prior_precision"] = cav.precision[active]
-                if not self._moment_round():
-                    values["prior_mean"] = cav.mean[active]
+                if not self._moment_round() or self.acked[k] < self.prior_round:
+                    values["prior_precision"] = cav.precision[active]
+                    if not self._moment_round():
+                        values["prior_mean"] = cav.mean[active]
                 blocks[name] = Block(
                     tuple(self.shapes[name]),
                     active,
                     values,
                     log_fields=tuple(f for f in ("variance", "prior_precision") if f in values),
+                    known_mask=self.acked[k] >= self.support_round,
                 )
                 if "bias" in st:
                     blocks[f"{name}.bias"] = Block(
@@ -277,6 +285,8 @@ class DTurboServer:
             return None, f"stale reply: round {message.round}, the server is at {self.round}"
         if message.client != k:
             return None, f"reply of client {message.client} delivered as client {k}"
+        if message.scalars.get("ack") != self.round:
+            return None, f"ack {message.scalars.get('ack')!r}, expected {self.round}"
         n = message.scalars.get("num_examples")
         if not isinstance(n, int) or n != self.client_sizes[k]:
             return None, f"num_examples {n!r}, expected {self.client_sizes[k]}"
@@ -285,10 +295,17 @@ class DTurboServer:
             return None, f"blocks {sorted(message.blocks)}, expected {sorted(expected)}"
         for name, st in self.state.items():
             block = message.blocks[name]
-            if tuple(block.shape) != tuple(self.shapes[name]) or block.mask is None:
+            if tuple(block.shape) != tuple(self.shapes[name]) or (
+                block.mask is None and not block.known_mask
+            ):
                 return None, f"{name}: shape {tuple(block.shape)}, expected {self.shapes[name]}"
-            if not torch.equal(block.mask.to(st["active"].device), st["active"]):
+            if block.mask is not None and not torch.equal(
+                block.mask.to(st["active"].device), st["active"]
+            ):
                 return None, f"{name}: the reply's support differs from the one sent"
+            kept = int(st["active"].sum())
+            if any(v.numel() != kept for v in block.values.values()):
+                return None, f"{name}: values for {kept} active weights expected"
             fields = {"mean"} if self._map_round() else {"mean", "variance"}
             if set(block.values) != fields:
                 return None, f"{name}: fields {sorted(block.values)}, expected {sorted(fields)}"
@@ -330,6 +347,8 @@ class DTurboServer:
             else:
                 accepted[int(k)] = message
         report.accepted = sorted(accepted)
+        for k in accepted:
+            self.acked[k] = self.round
         total_weights = sum(math.prod(s) for s in self.shapes.values())
         if accepted:
             carried = [
@@ -430,6 +449,9 @@ class DTurboServer:
             st["precision"] = step.precision
             st["support_probs"] = step.support_probs
             active = step.support_probs > 0.5
+            if not torch.equal(active, st["active"]):
+                self.support_round = self.round + 1
+            self.prior_round = self.round + 1
             pruned = ~active
             # a zero weight: no client has data information about it; it restarts at the prior
             st["site_precision"][:, pruned] = 0.0
@@ -463,6 +485,9 @@ class DTurboServer:
         return {
             "round": self.round,
             "expected": list(self.expected),
+            "acked": list(self.acked),
+            "support_round": self.support_round,
+            "prior_round": self.prior_round,
             "pi": {k: m.logits.clone() for k, m in self.pi.items()},
             "layers": {n: {k: v.clone() for k, v in st.items()} for n, st in self.state.items()},
         }
@@ -482,5 +507,8 @@ class DTurboServer:
                     raise ValueError(f"checkpoint {name}.{key}: shape {tuple(value.shape)}")
         self.round = int(state["round"])
         self.expected = [int(k) for k in state["expected"]]
+        self.acked = [int(k) for k in state["acked"]]
+        self.support_round = int(state["support_round"])
+        self.prior_round = int(state["prior_round"])
         self.pi = {k: BernoulliMessage(v.clone()) for k, v in state["pi"].items()}
         self.state = {n: {k: v.clone() for k, v in st.items()} for n, st in layers.items()}

@@ -220,7 +220,9 @@ def corrupt_reply(
     if kind == "variance":
         block.values["variance"] = -block.values["variance"].abs() - 1e-3
         block.log_fields = tuple(f for f in block.log_fields if f != "variance")
-    if kind == "shape":
+    if kind == "shape" and block.mask is None and block.known_mask:
+        block.shape = (block.shape[0], math.prod(block.shape[1:]) + 1)  # the values stay
+    elif kind == "shape":
         rows, cols = block.shape[0], math.prod(block.shape[1:])
         mask = block.mask if block.mask is not None else torch.ones(rows, cols, dtype=torch.bool)
         wider = torch.zeros(rows, cols + 1, dtype=torch.bool)

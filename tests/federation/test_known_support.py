@@ -82,3 +82,17 @@ def test_payloads_shrink_once_the_support_is_acknowledged():
     # round 0 carries index and prior; later rounds (support and prior unchanged during the
     # warm-up) carry neither
     assert sizes[1] < sizes[0] and sizes[2] == sizes[1]
+
+
+@pytest.mark.parametrize("kind", ["shape", "nan", "variance"])
+def test_corrupt_replies_on_a_pruned_support_are_rejected(kind):
+    from pyro_dturbo.federation.simulation import corrupt_reply
+
+    server, clients = make_federation()
+    gen = torch.Generator().manual_seed(2)
+    for st in server.state.values():
+        st["active"] = torch.rand(st["active"].shape, generator=gen) < 0.3
+    reply = clients[0].train(server.broadcast([0])[0])
+    bad = corrupt_reply(reply, kind, "auto", "float64", torch.Generator().manual_seed(0))
+    report = server.aggregate({0: bad})
+    assert 0 in report.rejected and not report.accepted

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 import pyro_dturbo.federation.simulation as simulation
 from pyro_dturbo.cli import build_parser, main
@@ -51,8 +52,11 @@ def no_training(monkeypatch):
 def test_federate_writes_report_and_plots(tiny_config, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["federate", "--config", str(tiny_config), "--out", str(out), "--no-progress"]
-    assert main(argv) == 0
+    threads = torch.get_num_threads()
+    assert main([*argv, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # restored
     report = json.loads((out / "report.json").read_text())
+    assert report["machine"]["torch_threads"] == 1
     assert report["config"]["clients"] == 2 and report["config"]["hidden"] == [8]
     assert list(report["methods"]) == ["dturbo", "fedavg"]
     for method in report["methods"].values():
@@ -122,12 +126,34 @@ def test_federate_help_shows_defaults():
     parser = build_parser()
     subparsers = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     text = " ".join(subparsers["federate"].format_help().split())
-    for flag in ("--config", "--out", "--engine", "--rounds", "--methods", "--seed", "--fresh"):
+    flags = ("--config", "--out", "--engine", "--rounds", "--methods", "--seed", "--threads")
+    for flag in (*flags, "--no-progress", "--fresh"):
         assert flag in text
-    assert "(default: inprocess)" in text
+    assert "(default: inprocess)" in text and "(default: 1)" in text
     assert "(default: the config's)" in text
     assert "(default: None)" not in text
     with pytest.raises(SystemExit):
         main(["federate", "--out", "x"])  # --config is required
     with pytest.raises(SystemExit):
         main(["federate", "--config", "x.yaml", "--out", "x", "--rounds", "0"])
+
+
+def test_committed_configs_parse():
+    from pathlib import Path
+
+    from pyro_dturbo.federation.config import METHODS, FederatedConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    full = FederatedConfig.from_yaml(root / "federated_digits.yaml")
+    assert (full.dataset, full.model, full.hidden, full.clients) == (
+        "digits",
+        "mlp",
+        (256, 256),
+        10,
+    )
+    assert (full.rounds, full.local_epochs, full.batch_size, full.lr) == (40, 2, 32, 0.003)
+    assert full.prior["support"] == {"type": "chain", "p01": 0.05, "p10": 0.2}
+    assert full.methods == METHODS and full.value_dtype == "float16"
+    demo = FederatedConfig.from_yaml(root / "federated_digits_demo.yaml")
+    assert demo.methods == METHODS and demo.hidden == (64, 64)
+    assert demo.replace(hidden=full.hidden, rounds=full.rounds) == full

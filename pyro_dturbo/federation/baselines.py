@@ -54,6 +54,7 @@ References
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from collections.abc import Mapping, Sequence
@@ -264,7 +265,7 @@ def _num_examples(msg: Message) -> str | None:
 
 
 # -- clients -------------------------------------------------------------------------------
-class _Client:
+class _Client(abc.ABC):
     """Local training shared by the baselines' clients (see the module docstring)."""
 
     method: ClassVar[str] = ""
@@ -343,8 +344,9 @@ class _Client:
                 loss.backward()
                 self._optimizer.step()
 
+    @abc.abstractmethod
     def _reply_blocks(self, round_: int) -> tuple[dict[str, Block], dict[str, float | int]]:
-        raise NotImplementedError
+        """The reply's blocks and scalars after local training (each method its own)."""
 
     def _reply_value_dtype(self) -> torch.dtype:
         return self._value_dtype
@@ -367,8 +369,8 @@ class _Client:
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        pass
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (a hook)
+        """Restore what :meth:`_extra_state` saved (nothing by default)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, held global model, Adam state, data-order generator (and residual)."""
@@ -564,7 +566,7 @@ def _read_ternary(
 
 
 # -- servers -------------------------------------------------------------------------------
-class _Server:
+class _Server(abc.ABC):
     """What the baselines' servers share: round bookkeeping, validation, state."""
 
     method: ClassVar[str] = ""
@@ -641,11 +643,13 @@ class _Server:
             return f"blocks {sorted(msg.blocks)} != {sorted(self._layout.shapes)}"
         return self._check_blocks(msg) or msg
 
+    @abc.abstractmethod
     def _check_blocks(self, msg: Message) -> str | None:
-        raise NotImplementedError
+        """Why a decoded reply's blocks are unacceptable, or ``None``."""
 
+    @abc.abstractmethod
     def _merge(self, replies: Sequence[Message], weights: Sequence[float]) -> None:
-        raise NotImplementedError
+        """Merge the accepted replies (weights: data shares summing to 1)."""
 
     def aggregate(self, replies: Mapping[int, bytes]) -> AggregateReport:
         """Validate the replies of round :attr:`round`, merge the valid ones, advance the round.
@@ -683,8 +687,8 @@ class _Server:
         self._sent = set()
         return report
 
-    def _after_round(self, report: AggregateReport) -> None:
-        pass
+    def _after_round(self, report: AggregateReport) -> None:  # noqa: B027 (a hook)
+        """Bookkeeping after a round's merge (nothing by default)."""
 
     def _set_global(self, values: Mapping[str, Tensor]) -> None:
         for name, param in self._params.items():
@@ -702,8 +706,8 @@ class _Server:
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        pass
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (a hook)
+        """Restore what :meth:`_extra_state` saved (nothing by default)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Round, global weights, clients sent a payload this round (and the method's state)."""

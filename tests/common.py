@@ -56,3 +56,19 @@ def assert_close(
         )
     else:
         assert actual == expected, f"{msg}: {actual!r} != {expected!r}"
+
+
+#: report.json's fixed layout (the federation issue fixes these names; other tools read them)
+ROUND_KEYS = {
+    "round",
+    "accuracy",
+    "bytes_up",
+    "bytes_down",
+    "density_up",
+    "density_down",
+    "dropped",
+    "rejected",
+    "corrupted",
+    "time_s",
+}
+FINAL_KEYS = {"accuracy", "density", "flops_dense", "flops_compressed", "bytes_up", "bytes_down"}

@@ -5,6 +5,7 @@ import torch
 
 import pyro_dturbo.federation.simulation as simulation
 from pyro_dturbo.cli import build_parser, main
+from tests.common import FINAL_KEYS, ROUND_KEYS
 
 TINY_YAML = """\
 dataset: digits
@@ -17,19 +18,6 @@ warmup_rounds: 1
 finetune_rounds: 0
 methods: [dturbo, fedavg]
 """
-ROUND_KEYS = {
-    "round",
-    "accuracy",
-    "bytes_up",
-    "bytes_down",
-    "density_up",
-    "density_down",
-    "dropped",
-    "rejected",
-    "corrupted",
-    "time_s",
-}
-FINAL_KEYS = {"accuracy", "density", "flops_dense", "flops_compressed", "bytes_up", "bytes_down"}
 
 
 @pytest.fixture

@@ -16,20 +16,7 @@ from pyro_dturbo.experiments.federated import (
 from pyro_dturbo.federation.base import RoundRecord
 from pyro_dturbo.federation.config import METHODS, FederatedConfig
 from pyro_dturbo.federation.simulation import FederatedResult, MethodResult
-
-ROUND_KEYS = {
-    "round",
-    "accuracy",
-    "bytes_up",
-    "bytes_down",
-    "density_up",
-    "density_down",
-    "dropped",
-    "rejected",
-    "corrupted",
-    "time_s",
-}
-FINAL_KEYS = {"accuracy", "density", "flops_dense", "flops_compressed", "bytes_up", "bytes_down"}
+from tests.common import FINAL_KEYS, ROUND_KEYS
 
 
 def _records(accuracies, up, down, density_up=1.0, density_down=1.0):

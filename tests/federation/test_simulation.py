@@ -20,21 +20,8 @@ from pyro_dturbo.federation.simulation import (
     run_federated,
 )
 from pyro_dturbo.inference.network import evaluate_accuracy
+from tests.common import FINAL_KEYS, ROUND_KEYS
 from tests.federation.common import one_thread
-
-RECORD_KEYS = {
-    "round",
-    "accuracy",
-    "bytes_up",
-    "bytes_down",
-    "density_up",
-    "density_down",
-    "dropped",
-    "rejected",
-    "corrupted",
-    "time_s",
-}
-FINAL_KEYS = {"accuracy", "density", "flops_dense", "flops_compressed", "bytes_up", "bytes_down"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,7 +65,7 @@ def test_records_have_the_report_keys(tiny_run):
         assert [r.round for r in method.rounds] == [1, 2, 3], name
         for record in method.rounds:
             row = record.to_dict()
-            assert set(row) == RECORD_KEYS
+            assert set(row) == ROUND_KEYS
             for key in ("bytes_up", "bytes_down", "dropped", "rejected", "corrupted", "round"):
                 assert type(row[key]) is int, (name, key)
             assert row["bytes_up"] > 0 and row["bytes_down"] > 0
@@ -99,7 +86,7 @@ def test_records_have_the_report_keys(tiny_run):
     for entry in report["methods"].values():
         assert set(entry) == {"rounds", "final"}
         assert set(entry["final"]) == FINAL_KEYS
-        assert all(set(r) == RECORD_KEYS for r in entry["rounds"])
+        assert all(set(r) == ROUND_KEYS for r in entry["rounds"])
     json.dumps(report)  # report.json is plain JSON
 
 

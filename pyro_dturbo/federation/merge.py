@@ -49,6 +49,7 @@ __all__ = [
     "update_site",
     "proper",
     "moment_average",
+    "weighted_average",
     "flat_site",
 ]
 
@@ -128,6 +129,24 @@ def proper(
     return GaussianMessage(torch.where(low, floor, message.precision), message.eta)
 
 
+def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """``sum_k w_k x_k / sum_k w_k`` (one tensor: itself, bit for bit).
+
+    :param weights: non-negative (e.g. the clients' numbers of examples), not all zero.
+    :raises ValueError: on empty or mismatched inputs, or weights that do not sum to > 0.
+    """
+    if not tensors or len(tensors) != len(weights):
+        raise ValueError("weighted_average needs as many tensors as weights (>= 1)")
+    w = torch.as_tensor(
+        [float(v) for v in weights], dtype=tensors[0].dtype, device=tensors[0].device
+    )
+    if bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"weights must be >= 0 and sum to > 0, got {list(weights)}")
+    w = w / w.sum()
+    shape = (-1,) + (1,) * tensors[0].dim()
+    return (w.reshape(shape) * torch.stack(list(tensors))).sum(0)
+
+
 def moment_average(
     means: Sequence[Tensor], variances: Sequence[Tensor], weights: Sequence[float]
 ) -> tuple[Tensor, Tensor]:
@@ -139,11 +158,4 @@ def moment_average(
     """
     if not means or len(means) != len(variances) or len(means) != len(weights):
         raise ValueError("moment_average needs as many means, variances and weights (>= 1)")
-    w = torch.as_tensor([float(v) for v in weights], dtype=means[0].dtype, device=means[0].device)
-    if bool((w < 0).any()) or not float(w.sum()) > 0:
-        raise ValueError(f"moment_average weights must be >= 0 and sum to > 0, got {weights}")
-    w = w / w.sum()
-    shape = (-1,) + (1,) * means[0].dim()
-    mean = (w.reshape(shape) * torch.stack(list(means))).sum(0)
-    variance = (w.reshape(shape) * torch.stack(list(variances))).sum(0)
-    return mean, variance
+    return weighted_average(means, weights), weighted_average(variances, weights)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from pyro_dturbo.federation.base import AggregateReport, logger
 from pyro_dturbo.federation.codec import Block, Message, decode_message, encode_message
-from pyro_dturbo.federation.merge import moment_average, proper
+from pyro_dturbo.federation.merge import moment_average, proper, weighted_average
 from pyro_dturbo.inference.module_b import ModuleB
 from pyro_dturbo.inference.network import hyper_step
 from pyro_dturbo.models.layers import SparseBayesLayer, sparse_layers
@@ -372,13 +372,10 @@ class DTurboServer:
             like = st["mean"]
             means = [accepted[k].blocks[name].values["mean"].to(like) for k in ids]
             if self._map_round():
-                st["mean"][active], _ = moment_average(means, means, weights)
-                variances = []
-            else:
-                variances = [accepted[k].blocks[name].values["variance"].to(like) for k in ids]
-            if self._map_round():
-                pass
+                # fine-tuning: only means travel (the variances stay as they were)
+                st["mean"][active] = weighted_average(means, weights)
             elif not self._moment_round():
+                variances = [accepted[k].blocks[name].values["variance"].to(like) for k in ids]
                 total = self._total(name)
                 for k, mean, variance in zip(ids, means, variances, strict=True):
                     cav = self._cavity(name, k, total)
@@ -392,6 +389,7 @@ class DTurboServer:
                     )
                     st["site_eta"][k][active] = old_e + a * (new_e - old_e) if a < 1 else new_e
             else:
+                variances = [accepted[k].blocks[name].values["variance"].to(like) for k in ids]
                 mean, variance = moment_average(means, variances, weights)
                 st["mean"][active], st["variance"][active] = mean, variance
             if "bias" in st:

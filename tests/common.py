@@ -58,7 +58,7 @@ def assert_close(
         assert actual == expected, f"{msg}: {actual!r} != {expected!r}"
 
 
-#: report.json's fixed layout (the federation issue fixes these names; other tools read them)
+#: report.json's fixed layout (other tools read these names: they do not change)
 ROUND_KEYS = {
     "round",
     "accuracy",

@@ -201,7 +201,7 @@ def _federate(args: argparse.Namespace) -> int:  # noqa: C901 (one check per inp
 
     if args.engine != "inprocess":
         return fail(
-            f"--engine {args.engine}: not available yet: the Flower engine is a separate issue "
+            f"--engine {args.engine}: not available yet: the Flower engine is not built yet "
             "(use --engine inprocess)"
         )
     try:

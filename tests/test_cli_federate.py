@@ -107,7 +107,7 @@ def test_federate_bad_out(tiny_config, tmp_path, capsys, no_training):
 def test_federate_flower_not_yet(engine, tiny_config, tmp_path, capsys, no_training):
     argv = ["federate", "--config", str(tiny_config), "--out", str(tmp_path), "--engine", engine]
     assert main(argv) == 2
-    assert "not available yet: the Flower engine is a separate issue" in capsys.readouterr().err
+    assert "not available yet: the Flower engine is not built yet" in capsys.readouterr().err
 
 
 def test_federate_help_shows_defaults():

@@ -60,7 +60,12 @@ from typing import Any
 
 import torch
 
-from pyro_dturbo.experiments.federated import METHOD_COLORS, bytes_to_target, method_color
+from pyro_dturbo.experiments.federated import (
+    METHOD_COLORS,
+    bytes_to_target,
+    cumulative_bytes,
+    method_color,
+)
 from pyro_dturbo.experiments.tables import format_table, machine_info, median, summarise, write_json
 from pyro_dturbo.federation.codec import Block, Message, decode_message, encode_message
 from pyro_dturbo.federation.config import METHODS, FederatedConfig
@@ -531,14 +536,6 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return fig
 
 
-def _cumulative(rounds: Sequence[Mapping[str, Any]]) -> list[int]:
-    total, out = 0, []
-    for r in rounds:
-        total += int(r["bytes_up"]) + int(r["bytes_down"])
-        out.append(total)
-    return out
-
-
 def _methods_in(records: Sequence[Mapping[str, Any]]) -> list[str]:
     present = {r["method"] for r in records}
     return [m for m in METHOD_COLORS if m in present]
@@ -566,7 +563,7 @@ def plot_accuracy_vs_bytes(records: Sequence[Mapping[str, Any]], path: Path) -> 
                 continue
             rounds = by_method[name]["rounds"]
             ax.plot(
-                _cumulative(rounds),
+                cumulative_bytes(rounds),
                 [r["accuracy"] for r in rounds],
                 color=method_color(name),
                 linestyle="-" if name.startswith("dturbo") else "--",

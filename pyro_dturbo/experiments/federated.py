@@ -27,6 +27,7 @@ __all__ = [
     "METHOD_COLORS",
     "method_color",
     "bytes_to_target",
+    "cumulative_bytes",
     "summary_lines",
     "write_federated_report",
     "plot_accuracy_vs_bytes",
@@ -78,7 +79,8 @@ def _as_report(result: Result) -> Mapping[str, Any]:
     return result
 
 
-def _cumulative_bytes(rounds: Sequence[Mapping[str, Any]]) -> list[int]:
+def cumulative_bytes(rounds: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Bytes up + down summed over the rounds so far, after each round (integers)."""
     total, out = 0, []
     for record in rounds:
         total += int(record["bytes_up"]) + int(record["bytes_down"])
@@ -117,7 +119,7 @@ def bytes_to_target(
         target = float(methods[target_method]["final"]["accuracy"]) - points / 100.0
         for name, method in methods.items():
             rounds = method["rounds"]
-            for record, total in zip(rounds, _cumulative_bytes(rounds), strict=True):
+            for record, total in zip(rounds, cumulative_bytes(rounds), strict=True):
                 if float(record["accuracy"]) >= target:
                     reached[name] = total
                     break
@@ -284,7 +286,7 @@ def plot_accuracy_vs_bytes(
         if not rounds:
             continue
         ax.plot(
-            _cumulative_bytes(rounds),
+            cumulative_bytes(rounds),
             [float(r["accuracy"]) for r in rounds],
             color=method_color(name),
             linestyle=_linestyle(name),

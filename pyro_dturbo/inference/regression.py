@@ -145,9 +145,7 @@ class RegressionModuleA:
             beta = params["noise_shape"] / params["noise_rate"]
             post = gaussian_posterior(self.X, self.y, rho, beta)
             evidence = BernoulliMessage(
-                cavity_evidence(
-                    post.site, self.prior.active_variance, self.prior.inactive_variance
-                )
+                cavity_evidence(post.site, self.prior.active_variance, self.prior.inactive_variance)
             )
             q = (pi * evidence).clip().probs
             second = post.mean**2 + post.variance

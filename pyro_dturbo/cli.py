@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+import pyro_dturbo
 from pyro_dturbo.experiments.regression import (
     METHODS,
     compare_regression,
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dturbo",
         description="Structured Bayesian compression with Turbo-VBI on Pyro.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {pyro_dturbo.__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

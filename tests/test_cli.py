@@ -178,3 +178,12 @@ def test_cli_compress_bad_inputs(tmp_path, capsys):
 def test_cli_compress_cuda_without_gpu(tmp_path, capsys):
     assert main(["compress", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import pyro_dturbo
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dturbo {pyro_dturbo.__version__}"

@@ -363,9 +363,20 @@ class _ResultMixin:
         like = self.samples[WEIGHT]
         return torch.tensor(self.fixed_noise_precision, dtype=like.dtype, device=like.device)
 
+    def __repr__(self) -> str:
+        # one line: the draws stay behind ``samples``
+        draws = next(iter(self.samples.values())).shape[0] if self.samples else 0
+        probs = getattr(self, "support_probs")  # noqa: B009 (a dataclass field of the subclasses)
+        active = int((probs > 0.5).sum())
+        seconds = float(getattr(self, "time"))  # noqa: B009
+        return (
+            f"{type(self).__name__}(draws={draws}, active={active}/{probs.numel()}, "
+            f"time={seconds:.2f}s)"
+        )
+
 
 # -- SVI ------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(repr=False)
 class SVIResult(_ResultMixin):
     """A fitted Pyro autoguide on the collapsed model, with posterior draws.
 
@@ -507,7 +518,7 @@ def run_svi(
 
 
 # -- MCMC -----------------------------------------------------------------------------------------
-@dataclass
+@dataclass(repr=False)
 class MCMCResult(_ResultMixin):
     """NUTS draws from the collapsed model, by chain.
 

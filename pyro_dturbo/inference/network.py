@@ -536,6 +536,14 @@ class NetworkResult(TurboResult):
     prior: SparsePrior | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        last = self.history[-1] if self.history else {}
+        parts = [self._summary()]
+        for key in ("accuracy", "test_accuracy", "density"):
+            if key in last:
+                parts.append(f"{key}={last[key]:.4f}")
+        return f"NetworkResult({', '.join(parts)})"
+
     @property
     def support_probs(self) -> dict[str, Tensor]:
         """``q(s = 1)`` per layer, in the layer's weight shape."""

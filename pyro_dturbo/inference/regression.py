@@ -220,6 +220,10 @@ class SparseRegressionResult(TurboResult):
     def noise_precision(self) -> Tensor:
         return self.params["noise_shape"] / self.params["noise_rate"]
 
+    def __repr__(self) -> str:
+        noise = float(self.noise_precision)
+        return f"SparseRegressionResult({self._summary()}, noise_precision={noise:.4g})"
+
     def model(self, y: Tensor | None = None) -> Tensor:
         """The Pyro model this posterior belongs to (``y`` defaults to the fitted data)."""
         assert self.X is not None

@@ -103,6 +103,20 @@ class TurboResult:
     def support_probs_by_layer(self) -> dict[str, Tensor]:
         return {k: m.probs for k, m in self.state.posterior().items()}
 
+    def _summary(self) -> str:
+        """``iterations=..., converged=..., active=k/n``: what every result's repr starts with."""
+        probs = self.support_probs_by_layer
+        active = sum(int((p > 0.5).sum()) for p in probs.values())
+        total = sum(p.numel() for p in probs.values())
+        return (
+            f"iterations={self.state.iteration}, converged={self.converged}, "
+            f"active={active}/{total}"
+        )
+
+    def __repr__(self) -> str:
+        # a one-line summary: the tensors and the history stay behind their attributes
+        return f"{type(self).__name__}({self._summary()})"
+
 
 class TurboVBI:
     """Turbo variational Bayesian inference.

@@ -98,16 +98,25 @@ def _demo(args: argparse.Namespace) -> int:
 def _compress(args: argparse.Namespace) -> int:
     from pyro_dturbo.experiments.compress import COMPRESS_NETWORK, CompressConfig, run_compression
 
-    if args.finetune_epochs >= args.epochs:
+    # the schedule and the flags are checked before anything is loaded or trained
+    if args.warmup_epochs + args.finetune_epochs >= args.epochs:
         print(
-            f"dturbo compress: --finetune-epochs ({args.finetune_epochs}) must be below "
-            f"--epochs ({args.epochs})",
+            f"dturbo compress: --warmup-epochs ({args.warmup_epochs}) + --finetune-epochs "
+            f"({args.finetune_epochs}) must be below --epochs ({args.epochs}): no epoch would "
+            "be left to decide the support",
+            file=sys.stderr,
+        )
+        return 2
+    if args.hidden and args.model != "mlp":
+        print(
+            f"dturbo compress: --hidden applies to --model mlp only, not {args.model!r}",
             file=sys.stderr,
         )
         return 2
     try:
         network = COMPRESS_NETWORK.replace(
             epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
             finetune_epochs=args.finetune_epochs,
             kl_weight=args.kl_weight,
             weight_prior=args.weight_prior,
@@ -131,7 +140,8 @@ def _compress(args: argparse.Namespace) -> int:
         config.hidden = tuple(args.hidden)
     print(
         f"dturbo compress: {args.model} on {args.dataset}, prior {args.prior}, "
-        f"{args.epochs} epochs (last {args.finetune_epochs} fine-tuning), seed {args.seed}"
+        f"{args.epochs} epochs ({args.warmup_epochs} warm-up, last {args.finetune_epochs} "
+        f"fine-tuning), seed {args.seed}"
     )
     try:
         report = run_compression(config, args.out, progress_bar=not args.no_progress_bar)
@@ -282,6 +292,8 @@ def _federate(args: argparse.Namespace) -> int:  # noqa: C901 (one check per inp
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dturbo`` argument parser (one subparser per subcommand)."""
+    from pyro_dturbo.experiments.compress import COMPRESS_NETWORK
+
     parser = argparse.ArgumentParser(
         prog="dturbo",
         description="Structured Bayesian compression with Turbo-VBI on Pyro.",
@@ -322,24 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
     compress = sub.add_parser(
         "compress",
         help="train a network with Turbo-VBI, prune it and export a compact model",
+        formatter_class=_DefaultsFormatter,
         description=(
             "Trains the dense network, then Turbo-VBI from its weights, prunes at q(s) > 0.5 and "
             "exports the compact model. Writes report.json and support.png into --out."
         ),
     )
-    compress.add_argument("--dataset", choices=DATASETS, default="digits")
-    compress.add_argument("--model", choices=sorted(ZOO), default="mlp")
+    compress.add_argument("--dataset", choices=DATASETS, default="digits", help="data set")
+    compress.add_argument("--model", choices=sorted(ZOO), default="mlp", help="zoo network")
     compress.add_argument(
         "--prior",
         default="chain",
         help="chain, independent, grid, or a YAML file written by SparsePrior.to_yaml",
     )
-    compress.add_argument("--epochs", type=_positive_int, default=80, help="Turbo-VBI epochs")
+    compress.add_argument(
+        "--epochs", type=_positive_int, default=80, help="Turbo-VBI epochs, all phases"
+    )
+    compress.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=COMPRESS_NETWORK.warmup_epochs,
+        help="first epochs of w-steps only, before the first support update",
+    )
     compress.add_argument(
         "--finetune-epochs", type=int, default=30, help="last epochs under the frozen support"
     )
-    compress.add_argument("--dense-epochs", type=_positive_int, default=30)
-    compress.add_argument("--kl-weight", type=float, default=1.0)
+    compress.add_argument(
+        "--dense-epochs", type=_positive_int, default=30, help="epochs of the dense network first"
+    )
+    compress.add_argument(
+        "--kl-weight", type=float, default=1.0, help="weight of the KL term (1: the ELBO)"
+    )
     compress.add_argument(
         "--weight-prior",
         choices=("mean_field", "log_mixture"),
@@ -352,13 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="map",
         help="fine-tuning under the frozen support: posterior-mean steps or VB steps",
     )
-    compress.add_argument("--hidden", type=_positive_int, nargs="+", help="MLP hidden widths")
-    compress.add_argument("--seed", type=int, default=0)
+    compress.add_argument(
+        "--hidden",
+        type=_positive_int,
+        nargs="+",
+        help="MLP hidden widths (--model mlp only; default: 256 256)",
+    )
+    compress.add_argument("--seed", type=int, default=0, help="seed of data, init and training")
     compress.add_argument("--data-root", type=Path, help="folder with MNIST / CIFAR files")
     compress.add_argument("--download", action="store_true", help="download missing files")
     compress.add_argument("--device", default="cpu", help="cpu or cuda")
-    compress.add_argument("--out", type=Path, default=Path("results/compress_run"))
-    compress.add_argument("--no-progress-bar", action="store_true")
+    compress.add_argument(
+        "--out", type=Path, default=Path("results/compress_run"), help="output folder"
+    )
+    compress.add_argument("--no-progress-bar", action="store_true", help="no tqdm bars")
     compress.set_defaults(func=_compress)
 
     federate = sub.add_parser(

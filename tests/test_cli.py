@@ -57,7 +57,17 @@ def test_cli_leaves_the_default_dtype_alone(tmp_path, torch_default_dtype):
     assert torch.get_default_dtype() == torch_default_dtype
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert len(report["records"]) == 4
-    argv = ["compress", "--epochs", "2", "--finetune-epochs", "1", "--dense-epochs", "1"]
+    argv = [
+        "compress",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--finetune-epochs",
+        "1",
+        "--dense-epochs",
+        "1",
+    ]
     argv += ["--hidden", "4", "--out", str(tmp_path / "compress"), "--no-progress-bar"]
     assert main(argv) == 0
     assert torch.get_default_dtype() == torch_default_dtype
@@ -116,6 +126,8 @@ def test_cli_compress_writes_report(tmp_path, capsys):
             "compress",
             "--epochs",
             "3",
+            "--warmup-epochs",
+            "0",
             "--finetune-epochs",
             "1",
             "--dense-epochs",
@@ -157,6 +169,8 @@ def test_cli_compress_bad_inputs(tmp_path, capsys):
             "8",
             "--epochs",
             "2",
+            "--warmup-epochs",
+            "0",
             "--finetune-epochs",
             "0",
             "--dense-epochs",
@@ -167,7 +181,9 @@ def test_cli_compress_bad_inputs(tmp_path, capsys):
     )
     assert code == 2
     assert "fc7" in capsys.readouterr().err
-    assert main(["compress", "--epochs", "2", "--finetune-epochs", "2"]) == 2
+    assert (
+        main(["compress", "--epochs", "2", "--warmup-epochs", "0", "--finetune-epochs", "2"]) == 2
+    )
     assert main(["compress", "--kl-weight", "-1", "--out", str(tmp_path)]) == 2
     assert "kl_weight" in capsys.readouterr().err
     assert main(["compress", "--device", "tpu9", "--out", str(tmp_path)]) == 2
@@ -187,3 +203,33 @@ def test_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"dturbo {pyro_dturbo.__version__}"
+
+
+def test_compress_checks_the_schedule_and_flags_before_training(capsys):
+    # the default warm-up (3) and fine-tuning (1) leave no epoch of 4 to decide the support
+    assert main(["compress", "--epochs", "4", "--finetune-epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--warmup-epochs (3) + --finetune-epochs (1) must be below --epochs (4)" in err
+    assert main(["compress", "--model", "lenet5", "--hidden", "8"]) == 2
+    assert "--hidden applies to --model mlp only" in capsys.readouterr().err
+
+
+def test_compress_help_shows_every_default(capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # each flag's own help (up to the next option) ends with its default
+    for flag, default in [
+        ("--epochs", "80"),
+        ("--warmup-epochs", "3"),
+        ("--finetune-epochs", "30"),
+        ("--dense-epochs", "30"),
+        ("--kl-weight", "1.0"),
+        ("--seed", "0"),
+    ]:
+        own = r"(?:(?!\s--[a-z]).)*?"
+        pattern = rf"\s{re.escape(flag)} [A-Z_]+ {own}\(default: {re.escape(default)}\)"
+        assert re.search(pattern, text), flag
+    assert text.count("(default:") >= 12

@@ -153,9 +153,22 @@ def _load_digits(test_fraction: float, seed: int, flatten: bool) -> Classificati
     mean = x[train_idx].mean(dim=0)
     std = x[train_idx].std(dim=0).clamp_min(1.0 / 16.0)
     x = ((x - mean) / std).to(torch.float32)
-    shape = (64,) if flatten else (1, 8, 8)
+    return _split_images("digits", x, y, train_idx, test_idx, (1, 8, 8), flatten)
+
+
+def _split_images(
+    name: str,
+    x: Tensor,
+    y: Tensor,
+    train_idx: Tensor,
+    test_idx: Tensor,
+    image_shape: tuple[int, int, int],
+    flatten: bool,
+) -> ClassificationData:
+    """Ten-class images ``x`` split by the index sets, flat or as ``image_shape``."""
+    shape = (int(np.prod(image_shape)),) if flatten else image_shape
     return ClassificationData(
-        name="digits",
+        name=name,
         x_train=x[train_idx].reshape((-1,) + shape),
         y_train=y[train_idx],
         x_test=x[test_idx].reshape((-1,) + shape),
@@ -181,16 +194,7 @@ def _load_mnist5k(test_fraction: float, seed: int, flatten: bool) -> Classificat
     y = torch.as_tensor(labels, dtype=torch.int64)
     train_idx, test_idx = _stratified_split(y, test_fraction, seed)
     x = x.to(torch.float32)
-    shape = (784,) if flatten else (1, 28, 28)
-    return ClassificationData(
-        name="mnist-5k",
-        x_train=x[train_idx].reshape((-1,) + shape),
-        y_train=y[train_idx],
-        x_test=x[test_idx].reshape((-1,) + shape),
-        y_test=y[test_idx],
-        num_classes=10,
-        input_shape=shape,
-    )
+    return _split_images("mnist-5k", x, y, train_idx, test_idx, (1, 28, 28), flatten)
 
 
 def _load_mnist1d(

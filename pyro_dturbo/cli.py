@@ -160,7 +160,7 @@ def _compress(args: argparse.Namespace) -> int:
         f"({100 * report['flops_compressed'] / report['flops_dense']:.1f}%); units kept: {kept}"
     )
     print(f"bytes {report['bytes_dense']} -> {report['bytes_compressed']}")
-    print(f"wrote {' and '.join(report['files'])}")
+    print(f"wrote {', '.join(report['files'])}")
     return 0
 
 
@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_DefaultsFormatter,
         description=(
             "Trains the dense network, then Turbo-VBI from its weights, prunes at q(s) > 0.5 and "
-            "exports the compact model. Writes report.json and support.png into --out."
+            "exports the compact model. Writes report.json, support.png and compact.pt (the "
+            "compact model; read it with pyro_dturbo.compression.load_compact) into --out."
         ),
     )
     compress.add_argument("--dataset", choices=DATASETS, default="digits", help="data set")

@@ -141,7 +141,13 @@ def test_cli_compress_writes_report(tmp_path, capsys):
     )
     assert code == 0
     assert (tmp_path / "report.json").exists() and (tmp_path / "support.png").exists()
-    assert "FLOPs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FLOPs" in printed and str(tmp_path / "compact.pt") in printed
+    from pyro_dturbo.compression import load_compact
+
+    compact = load_compact(tmp_path / "compact.pt")
+    assert isinstance(compact, torch.nn.Sequential) and not compact.training
+    assert compact(torch.zeros(3, 64, dtype=compact.fc2.weight.dtype)).shape == (3, 10)
     config = json.loads((tmp_path / "report.json").read_text())["config"]
     assert (config["epochs"], config["finetune_epochs"], config["dense_epochs"]) == (3, 1, 2)
     assert config["hidden"] == [8] and config["batch_size"] == 64

@@ -8,7 +8,9 @@ per job:
   baseline (global magnitude pruning to a density).
 - :mod:`~pyro_dturbo.compression.export`: :func:`to_plain` (plain ``nn.Linear`` /
   ``nn.Conv2d`` layers holding the pruned posterior mean) and :func:`export_compact` (a smaller
-  dense network with the dead units removed, led by an :class:`InputSelect` if inputs go).
+  dense network with the dead units removed, led by an :class:`InputSelect` if inputs go),
+  :func:`save_compact` / :func:`load_compact` (one file, read back with
+  ``weights_only=True``).
 - :mod:`~pyro_dturbo.compression.cost`: :func:`count_macs` and :func:`sparse_macs`.
 - :mod:`~pyro_dturbo.compression.codec`: the sparse codec, dense, element-wise (COO) and
   run-length payloads as real ``bytes`` with exact decoders, and their byte counts
@@ -38,7 +40,14 @@ from pyro_dturbo.compression.codec import (
     weight_bytes,
 )
 from pyro_dturbo.compression.cost import count_macs, sparse_macs
-from pyro_dturbo.compression.export import InputSelect, export_compact, to_plain
+from pyro_dturbo.compression.export import (
+    COMPACT_MODULES,
+    InputSelect,
+    export_compact,
+    load_compact,
+    save_compact,
+    to_plain,
+)
 from pyro_dturbo.compression.prune import DEFAULT_THRESHOLDS, apply_masks, magnitude_masks, prune
 from pyro_dturbo.compression.report import LayerReport, compression_report, plot_support
 
@@ -50,6 +59,9 @@ __all__ = [
     "to_plain",
     "InputSelect",
     "export_compact",
+    "COMPACT_MODULES",
+    "save_compact",
+    "load_compact",
     "count_macs",
     "sparse_macs",
     "FORMATS",

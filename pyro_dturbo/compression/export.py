@@ -10,6 +10,10 @@ Supported networks are ``nn.Sequential`` chains (nested ones are read in order) 
 :class:`SparseBayesConv2d`, ``nn.ReLU``, ``nn.Tanh``, ``nn.MaxPool2d``, ``nn.AvgPool2d``,
 ``nn.Flatten`` (default dims), ``nn.Dropout`` and ``nn.Identity``.
 
+:func:`save_compact` writes a compact model as one file (``torch.save`` of the module) and
+:func:`load_compact` reads it back with ``torch.load(weights_only=True)``, allowing only the
+module classes an exported model can hold (:data:`COMPACT_MODULES`).
+
 References
 
 [1] A. Xia, I. W. Tsang, V. K. N. Lau, "Structured Bayesian Compression for Deep Neural Networks
@@ -23,6 +27,7 @@ import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +47,14 @@ from pyro_dturbo.compression._modules import (
     plain_copy,
 )
 
-__all__ = ["to_plain", "InputSelect", "export_compact"]
+__all__ = [
+    "to_plain",
+    "InputSelect",
+    "export_compact",
+    "COMPACT_MODULES",
+    "save_compact",
+    "load_compact",
+]
 
 
 def to_plain(net: nn.Module) -> nn.Sequential:
@@ -352,3 +364,69 @@ def export_compact(net: nn.Module, input_shape: tuple[int, ...]) -> nn.Sequentia
     """
     compact, _ = compact_stages(net, input_shape)
     return compact
+
+
+#: The module classes a compact model (:func:`export_compact`) is built from: the only globals
+#: :func:`load_compact` lets ``torch.load`` unpickle.
+COMPACT_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Sequential,
+    nn.Linear,
+    nn.Conv2d,
+    nn.ReLU,
+    nn.Tanh,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+    InputSelect,
+)
+
+
+def save_compact(model: nn.Module, path: str | Path) -> Path:
+    """Write a compact model (:func:`export_compact`) as one file: ``torch.save`` of the module.
+
+    ``dturbo compress`` writes ``compact.pt`` this way. Read it with :func:`load_compact` or
+    ``torch.load(path, weights_only=False)`` (a file you trust; ``pyro_dturbo`` must be
+    importable for :class:`InputSelect`).
+
+    :param torch.nn.Module model: the compact model; only :data:`COMPACT_MODULES` are allowed.
+    :param path: the file to write (parent folders are created).
+    :returns: the path written.
+    :rtype: pathlib.Path
+    :raises ValueError: if the model holds a module outside :data:`COMPACT_MODULES`.
+    """
+    for name, module in model.named_modules():
+        if type(module) not in COMPACT_MODULES:
+            raise ValueError(
+                f"save_compact: module {name or '<root>'!r} of type {type(module).__name__} is "
+                "not one a compact model holds (see COMPACT_MODULES)"
+            )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, path)
+    return path
+
+
+def load_compact(path: str | Path, map_location: str | torch.device | None = "cpu") -> nn.Module:
+    """Read a compact model written by :func:`save_compact`, in eval mode.
+
+    Uses ``torch.load(path, weights_only=True)`` with only :data:`COMPACT_MODULES` allowed
+    (``torch.serialization.safe_globals``), so a file holding any other object is refused
+    instead of run.
+
+    Example::
+
+        >>> model = load_compact("results/compress_run/compact.pt")
+        >>> logits = model(x)
+
+    :param path: the file. :param map_location: where the tensors go (``torch.load``'s).
+    :returns: the model, in eval mode.
+    :rtype: torch.nn.Module
+    :raises pickle.UnpicklingError: if the file holds other classes.
+    """
+    with torch.serialization.safe_globals(list(COMPACT_MODULES)):
+        model = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a compact model")
+    return model.eval()

@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 from pyro_dturbo.compression import (
     apply_masks,
     compression_report,
+    export_compact,
     magnitude_masks,
     plot_support,
     prune,
+    save_compact,
     to_plain,
 )
 from pyro_dturbo.data import ClassificationData, load_dataset
@@ -219,8 +221,11 @@ def run_compression(
     *,
     progress_bar: bool = False,
 ) -> dict[str, Any]:
-    """Dense training, Turbo-VBI, pruning and the report; writes ``report.json`` and
-    ``support.png`` into ``out`` if given.
+    """Dense training, Turbo-VBI, pruning, the compact model and the report; writes
+    ``report.json``, ``support.png`` and ``compact.pt`` (the compact model of
+    :func:`~pyro_dturbo.compression.export_compact`, written by
+    :func:`~pyro_dturbo.compression.save_compact`; read it with
+    :func:`~pyro_dturbo.compression.load_compact`) into ``out`` if given.
 
     :returns: the report (see :func:`~pyro_dturbo.compression.compression_report`) with
         ``accuracy_dense``, ``accuracy_compressed``, ``density``, ``flops_dense``,
@@ -269,12 +274,17 @@ def run_compression(
         history=result.history,
         config=config.to_dict(),
     )
+    compact = export_compact(bayes, data.input_shape)
     if out is not None:
         out = Path(out)
-        write_json(out / "report.json", report)
-        plot_support(bayes, out / "support.png")
-        report["files"] = [str(out / "report.json"), str(out / "support.png")]
+        files = [
+            write_json(out / "report.json", report),
+            plot_support(bayes, out / "support.png"),
+            save_compact(compact, out / "compact.pt"),
+        ]
+        report["files"] = [str(f) for f in files]
     report["_net"] = bayes
+    report["_compact"] = compact
     report["_dense"] = dense
     report["_data"] = data
     return report

@@ -100,3 +100,28 @@ def test_run_compression_report_keeps_its_config_fields(tiny_run):
     saved = json.loads((out / "report.json").read_text())
     assert saved["config"] == json.loads(json.dumps(CompressConfig(**TINY).to_dict()))
     assert len(saved["history"]) == TINY_NETWORK.epochs
+
+
+def test_run_compression_writes_the_compact_model(tiny_run):
+    """``compact.pt`` loads (both recipes of the README) into the in-memory compact model's
+    predictions, and that model is smaller than the network it came from."""
+    from pyro_dturbo.compression import load_compact
+
+    report, out = tiny_run
+    path = out / "compact.pt"
+    assert str(path) in report["files"]
+    compact = report["_compact"]
+    x = report["_data"].x_test
+    loaded = load_compact(path)
+    plain = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        expected = compact(x)
+        assert torch.equal(loaded(x), expected)
+        assert torch.equal(plain(x), expected)
+        # and the compact model is the pruned network's prediction
+        diff = (expected - report["_net"].eval()(x).to(expected)).abs().max()
+    assert float(diff) < 1e-4
+    assert isinstance(compact, torch.nn.Sequential)
+    saved = json.loads((out / "report.json").read_text())
+    kept = sum(m.weight.numel() for m in loaded.modules() if hasattr(m, "weight"))
+    assert kept == sum(layer["units_kept"] * layer["inputs_kept"] for layer in saved["layers"])

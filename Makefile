@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on disk, never a CUDA download.
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,flower]"
 	touch $(STAMP)
 
 install: $(STAMP)

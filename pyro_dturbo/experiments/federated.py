@@ -190,7 +190,11 @@ def _round_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_federated_report(
-    result: FederatedResult, out_dir: str | Path, *, plots: bool = True
+    result: FederatedResult,
+    out_dir: str | Path,
+    *,
+    plots: bool = True,
+    engine: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write a federated run into ``out_dir``: ``report.json`` and, with ``plots``,
     ``accuracy_vs_bytes.png`` (:func:`plot_accuracy_vs_bytes`) and ``support.png``
@@ -200,7 +204,9 @@ def write_federated_report(
     ``"rounds"`` and ``"final"``; bytes as integers, accuracy as a fraction) with two more
     top-level keys: ``"summary"`` (``{method: {"bytes_to_target", "bytes_to_target_ratio"}}``,
     see :func:`bytes_to_target`) and ``"machine"`` (:func:`~pyro_dturbo.experiments.tables.
-    machine_info`).
+    machine_info`) and ``"engine"`` (``{"name": "inprocess"}``, or what the Flower engine
+    passes: ``{"name": "flower", "flower_bytes": {method: [{"flower_bytes_up",
+    "flower_bytes_down"} per round]}}``, Flower's own ``ArrayRecord.count_bytes()``).
 
     Example::
 
@@ -211,6 +217,7 @@ def write_federated_report(
     :param result: the run.
     :param out_dir: the folder (created if missing).
     :param bool plots: also draw the two figures.
+    :param dict engine: the ``"engine"`` entry (default ``{"name": "inprocess"}``).
     :returns: ``{"report": path, "accuracy_vs_bytes": path, "support": path}`` (``"support"``
         only when drawn).
     :rtype: dict[str, pathlib.Path]
@@ -224,6 +231,7 @@ def write_federated_report(
             final[key] = int(final[key])
     report["summary"] = bytes_to_target(report)
     report["machine"] = machine_info()
+    report["engine"] = dict(engine) if engine is not None else {"name": "inprocess"}
     paths = {"report": write_json(out / "report.json", report)}
     if plots:
         paths["accuracy_vs_bytes"] = plot_accuracy_vs_bytes(report, out / "accuracy_vs_bytes.png")

@@ -20,7 +20,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,10 @@ __all__ = [
     "build_method",
     "load_federated_data",
     "corrupt_reply",
+    "RoundDriver",
+    "final_summary",
+    "method_densities",
+    "method_order",
 ]
 
 FLAT_MODELS = ("mlp", "lenet300100")
@@ -231,7 +235,7 @@ def corrupt_reply(
     return encode_message(message, codec, value_dtype)
 
 
-def _final_summary(
+def final_summary(
     name: str, server: FederatedServer, data: ClassificationData, records: list[RoundRecord]
 ) -> tuple[dict[str, Any], nn.Module, dict[str, Tensor] | None]:
     net = server.global_model()
@@ -267,6 +271,117 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # a crash mid-write leaves the last checkpoint whole
 
 
+class RoundDriver:
+    """The engine-free part of a method's rounds: who takes part, which replies the simulated
+    faults spoil, and the round's record. Both engines (in process and Flower) drive a round
+    through it, so the same seed draws the same clients and the same faults in both.
+
+    :param str name: the method. :param FederatedConfig config: the experiment.
+    :param FederatedServer server: the method's server. :param int num_clients: ``K``.
+    """
+
+    def __init__(
+        self, name: str, config: FederatedConfig, server: FederatedServer, num_clients: int
+    ):
+        self.name, self.config, self.server = name, config, server
+        self.num_clients = int(num_clients)
+        self.select = torch.Generator().manual_seed(config.seed)
+        self.faults = torch.Generator().manual_seed(config.seed + 1)
+        self.records: list[RoundRecord] = []
+        self.per_round = max(1, round(config.participation * self.num_clients))
+        self.dropout = config.faults.get("dropout", 0.0)
+        self.corrupt = config.faults.get("corrupt", 0.0)
+        self._round: dict[str, Any] = {}
+
+    def start_round(self) -> dict[int, bytes]:
+        """Draw this round's clients and return the server's payload for each."""
+        chosen = sorted(
+            torch.randperm(self.num_clients, generator=self.select)[: self.per_round].tolist()
+        )
+        density_down = self.server.density_down()
+        payloads = self.server.broadcast(chosen)
+        self._round = {"t0": time.perf_counter(), "chosen": chosen, "density_down": density_down}
+        self._round["payloads"] = payloads
+        return payloads
+
+    def finish_round(
+        self, replies: Mapping[int, bytes], evaluate: Callable[[nn.Module], float]
+    ) -> RoundRecord:
+        """Apply the simulated faults to the replies that came back, aggregate, evaluate.
+
+        A chosen client without a reply (lost on the way, a node down) counts as dropped.
+        """
+        if not self._round:
+            raise RuntimeError("finish_round() without start_round()")
+        chosen, payloads = self._round["chosen"], self._round["payloads"]
+        kept: dict[int, bytes] = {}
+        dropped = corrupted = 0
+        for k in chosen:
+            u = float(torch.rand((), generator=self.faults))
+            if u < self.dropout or k not in replies:
+                dropped += 1
+                continue
+            reply = replies[k]
+            if u < self.dropout + self.corrupt:
+                kinds = CORRUPTIONS
+                kind = kinds[int(torch.randint(len(kinds), (1,), generator=self.faults))]
+                cfg = self.config
+                reply = corrupt_reply(reply, kind, cfg.codec, cfg.value_dtype, self.faults)
+                corrupted += 1
+            kept[k] = reply
+        report = self.server.aggregate(kept)
+        accuracy = evaluate(self.server.global_model())
+        record = RoundRecord(
+            round=len(self.records) + 1,
+            accuracy=accuracy,
+            bytes_up=int(sum(len(p) for p in kept.values())),
+            bytes_down=int(sum(len(p) for p in payloads.values())),
+            density_up=float(report.density_up),
+            density_down=float(self._round["density_down"]),
+            dropped=dropped,
+            rejected=len(report.rejected),
+            corrupted=corrupted,
+            time_s=time.perf_counter() - self._round["t0"],
+        )
+        self.records.append(record)
+        self._round = {}
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server's state, the generators and the records (a checkpoint's server half)."""
+        return {
+            "server": self.server.state_dict(),
+            "select": self.select.get_state(),
+            "faults": self.faults.get_state(),
+            "records": [x.to_dict() for x in self.records],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.server.load_state_dict(state["server"])
+        self.select.set_state(state["select"])
+        self.faults.set_state(state["faults"])
+        self.records = [RoundRecord(**r) for r in state["records"]]
+
+
+def method_densities(
+    config: FederatedConfig, done: Mapping[str, MethodResult]
+) -> float | list[float] | None:
+    """The top-k / STC density for the next method: ``config.baselines.density`` if set, else
+    D-Turbo-VBI's upload density per round in this run (``done``), else 0.05."""
+    density: float | list[float] | None = config.baselines.get("density")
+    if density is not None:
+        return density
+    source = done.get("dturbo") or next(iter(done.values()), None)
+    if source is None:
+        return 0.05
+    return [r.density_up if r.density_up > 0 else 1.0 for r in source.rounds]
+
+
+def method_order(config: FederatedConfig) -> list[str]:
+    """D-Turbo-VBI methods first, so the baselines can match their upload density."""
+    return sorted(config.methods, key=lambda m: not m.startswith("dturbo"))
+
+
 def run_method(
     name: str,
     config: FederatedConfig,
@@ -280,83 +395,44 @@ def run_method(
 ) -> MethodResult:
     """Run one method for ``config.rounds`` rounds (resuming from ``checkpoint`` if it exists)."""
     server, clients = build_method(name, config, data, parts, density)
-    K = len(clients)
-    select = torch.Generator().manual_seed(config.seed)
-    faults = torch.Generator().manual_seed(config.seed + 1)
-    records: list[RoundRecord] = []
+    driver = RoundDriver(name, config, server, len(clients))
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
-        server.load_state_dict(state["server"])
+        driver.load_state_dict(state)
         for client, client_state in zip(clients, state["clients"], strict=True):
             client.load_state_dict(client_state)
-        select.set_state(state["select"])
-        faults.set_state(state["faults"])
-        records = [RoundRecord(**r) for r in state["records"]]
-    per_round = max(1, round(config.participation * K))
-    dropout, corrupt = config.faults.get("dropout", 0.0), config.faults.get("corrupt", 0.0)
     bar = tqdm(
-        range(len(records), config.rounds),
+        range(len(driver.records), config.rounds),
         desc=name,
         disable=not progress_bar,
         leave=False,
-        initial=len(records),
+        initial=len(driver.records),
         total=config.rounds,
     )
-    for r in bar:
-        t0 = time.perf_counter()
-        chosen = sorted(torch.randperm(K, generator=select)[:per_round].tolist())
-        density_down = server.density_down()
-        payloads = server.broadcast(chosen)
-        replies: dict[int, bytes] = {}
-        dropped = corrupted = 0
-        for k in chosen:
-            reply = clients[k].train(payloads[k])
-            u = float(torch.rand((), generator=faults))
-            if u < dropout:
-                dropped += 1
-                continue
-            if u < dropout + corrupt:
-                kind = CORRUPTIONS[int(torch.randint(len(CORRUPTIONS), (1,), generator=faults))]
-                reply = corrupt_reply(reply, kind, config.codec, config.value_dtype, faults)
-                corrupted += 1
-            replies[k] = reply
-        report = server.aggregate(replies)
-        accuracy = evaluate_accuracy(server.global_model(), data.x_test, data.y_test)
-        record = RoundRecord(
-            round=r + 1,
-            accuracy=accuracy,
-            bytes_up=int(sum(len(p) for p in replies.values())),
-            bytes_down=int(sum(len(p) for p in payloads.values())),
-            density_up=float(report.density_up),
-            density_down=float(density_down),
-            dropped=dropped,
-            rejected=len(report.rejected),
-            corrupted=corrupted,
-            time_s=time.perf_counter() - t0,
+    for _ in bar:
+        payloads = driver.start_round()
+        replies = {k: clients[k].train(p) for k, p in payloads.items()}
+        record = driver.finish_round(
+            replies, lambda net: evaluate_accuracy(net, data.x_test, data.y_test)
         )
-        records.append(record)
         if checkpoint is not None:
-            _save(
-                checkpoint,
-                {
-                    "server": server.state_dict(),
-                    "clients": [c.state_dict() for c in clients],
-                    "select": select.get_state(),
-                    "faults": faults.get_state(),
-                    "records": [x.to_dict() for x in records],
-                },
-            )
-        bar.set_postfix(
-            acc=f"{accuracy:.3f}",
-            up=f"{sum(x.bytes_up for x in records) / 1e6:.2f}MB",
-            down=f"{sum(x.bytes_down for x in records) / 1e6:.2f}MB",
-            density=f"{server.density_down():.3f}",
-        )
+            _save(checkpoint, {**driver.state_dict(), "clients": [c.state_dict() for c in clients]})
+        bar.set_postfix(**progress_fields(driver.records, server.density_down()))
         if hook_fn is not None:
             hook_fn(name, record)
     bar.close()
-    final, compact, support = _final_summary(name, server, data, records)
-    return MethodResult(name, records, final, compact, support)
+    final, compact, support = final_summary(name, server, data, driver.records)
+    return MethodResult(name, driver.records, final, compact, support)
+
+
+def progress_fields(records: Sequence[RoundRecord], density: float) -> dict[str, str]:
+    """What a progress bar shows after a round."""
+    return {
+        "acc": f"{records[-1].accuracy:.3f}",
+        "up": f"{sum(x.bytes_up for x in records) / 1e6:.2f}MB",
+        "down": f"{sum(x.bytes_down for x in records) / 1e6:.2f}MB",
+        "density": f"{density:.3f}",
+    }
 
 
 def run_federated(
@@ -392,25 +468,17 @@ def run_federated(
         folder = Path(out) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
     data, parts = load_federated_data(config)
-    order = sorted(config.methods, key=lambda m: not m.startswith("dturbo"))
     result = FederatedResult(config)
-    density: float | list[float] | None = config.baselines.get("density")
-    for name in order:
+    for name in method_order(config):
         checkpoint = folder / f"{name}.pt" if folder is not None else None
         if checkpoint is not None and not resume and checkpoint.exists():
             checkpoint.unlink()
-        method_density = density
-        if method_density is None:
-            source = result.methods.get("dturbo") or next(iter(result.methods.values()), None)
-            method_density = [r.density_up for r in source.rounds] if source else 0.05
-            if isinstance(method_density, list):
-                method_density = [d if d > 0 else 1.0 for d in method_density]
         result.methods[name] = run_method(
             name,
             config,
             data,
             parts,
-            density=method_density,
+            density=method_densities(config, result.methods),
             checkpoint=checkpoint,
             progress_bar=progress_bar,
             hook_fn=hook_fn,

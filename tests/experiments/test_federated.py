@@ -124,7 +124,8 @@ def test_write_federated_report(result, tmp_path):
     paths = write_federated_report(result, tmp_path / "out")
     assert set(paths) == {"report", "accuracy_vs_bytes", "support"}
     report = json.loads(paths["report"].read_text())
-    assert set(report) == {"config", "methods", "summary", "machine"}
+    assert set(report) == {"config", "methods", "summary", "machine", "engine"}
+    assert report["engine"] == {"name": "inprocess"}
     assert report["config"]["hidden"] == [4, 3]
     assert list(report["methods"]) == ["dturbo", "fedavg", "stc"]
     for method in report["methods"].values():

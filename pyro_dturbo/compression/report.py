@@ -90,13 +90,14 @@ def compression_report(
     """Measure a pruned network against its dense architecture; a JSON-ready dict.
 
     Keys: ``"layers"`` (a :class:`LayerReport` dict per weight layer), ``"weights"``,
-    ``"weights_kept"``, ``"density"``, ``"fraction_pruned"``, ``"neurons_kept"`` (layer ->
-    units in the compact model), ``"flops_dense"`` / ``"flops_compressed"`` (twice the MACs
-    :func:`count_macs` finds in the dense architecture / the :func:`export_compact` model),
-    ``"flops_sparse"`` (twice :func:`sparse_macs`), ``"flops_ratio"`` (``flops_dense /
-    flops_compressed``: how many times fewer FLOPs), ``"bytes_dense"``, ``"bytes_coo"``,
-    ``"bytes_rle"``, ``"bytes_compressed"`` (per layer the smallest of dense, COO and RLE,
-    summed) and
+    ``"weights_kept"``, ``"parameters_dense"`` / ``"parameters_compact"`` (weights and
+    biases of the dense architecture / the :func:`export_compact` model), ``"density"``,
+    ``"fraction_pruned"``, ``"neurons_kept"`` (layer -> units in the compact model),
+    ``"flops_dense"`` / ``"flops_compressed"`` (twice the MACs :func:`count_macs` finds in
+    the dense architecture / the :func:`export_compact` model), ``"flops_sparse"`` (twice
+    :func:`sparse_macs`), ``"flops_ratio"`` (``flops_dense / flops_compressed``: how many
+    times fewer FLOPs), ``"bytes_dense"``, ``"bytes_coo"``, ``"bytes_rle"``,
+    ``"bytes_compressed"`` (per layer the smallest of dense, COO and RLE, summed) and
     ``"fraction_in_whole_units"``: the share of pruned weights that lie in an all-pruned row
     (a dead neuron / channel) or all-pruned column of their layer's ``(out, in * kh * kw)``
     matrix, a measure of how structured the sparsity is (0 when nothing is pruned). With test
@@ -105,7 +106,9 @@ def compression_report(
     ``"max_abs_logit_diff"`` (compact model against ``net``).
 
     A weight counts as kept when it is nonzero in the pruned posterior mean ``mu * mask``.
-    Biases are not counted.
+    Biases are not counted (except in the ``parameters_*`` keys). Every count (weights, units,
+    MACs, FLOPs, bytes, parameters) is a Python ``int``, so JSON writes it as an integer; the
+    keys, units and definitions are listed in ``docs/report.md``.
 
     Example::
 
@@ -154,12 +157,20 @@ def compression_report(
         pruned_in_units += layer_in_units
     weights = sum(r.weights for r in layers)
     weights_kept = sum(r.weights_kept for r in layers)
+    # parameters (weights and biases) of the dense architecture and of the compact model
+    parameters_dense = sum(
+        r.weights + (r.units if getattr(modules[r.name], "bias", None) is not None else 0)
+        for r in layers
+    )
+    parameters_compact = sum(int(p.numel()) for p in compact.parameters())
     flops_dense = 2 * count_macs(net, input_shape)
     flops_compressed = 2 * count_macs(compact, input_shape)
     report: dict[str, Any] = {
         "layers": [asdict(r) for r in layers],
         "weights": weights,
         "weights_kept": weights_kept,
+        "parameters_dense": parameters_dense,
+        "parameters_compact": parameters_compact,
         "density": weights_kept / weights,
         "fraction_pruned": 1.0 - weights_kept / weights,
         "neurons_kept": {r.name: r.units_kept for r in layers},

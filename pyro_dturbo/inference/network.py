@@ -381,7 +381,8 @@ class NetworkModuleA:
         if warm:
             # no message yet: a flat evidence keeps Module B at its prior
             evidence = {k: torch.zeros_like(v) for k, v in evidence.items()}
-        metrics["density"] = self._density()
+        # during the warm-up no support is set and the network is dense: density 1
+        metrics["density"] = 1.0 if warm else self._density()
         return self._snapshot(evidence=evidence, **state), _messages(evidence), metrics
 
     def w_steps(

@@ -200,10 +200,10 @@ class TurboVBI:
             (posterior[k].max_prob_change(old_posterior[k]) for k in posterior), default=0.0
         )
         record = {
-            "iteration": float(state.iteration + 1),
+            "iteration": state.iteration + 1,  # counts are ints (JSON integers)
             "delta_pi": out.delta_pi,
             "delta_q": delta_q,
-            "support_size": float(sum(int((m.logits > 0).sum()) for m in posterior.values())),
+            "support_size": sum(int((m.logits > 0).sum()) for m in posterior.values()),
             "time_a": t1 - t0,
             "time_b": out.time,
             "time": t1 - t0 + out.time,

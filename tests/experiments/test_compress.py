@@ -125,3 +125,68 @@ def test_run_compression_writes_the_compact_model(tiny_run):
     saved = json.loads((out / "report.json").read_text())
     kept = sum(m.weight.numel() for m in loaded.modules() if hasattr(m, "weight"))
     assert kept == sum(layer["units_kept"] * layer["inputs_kept"] for layer in saved["layers"])
+
+
+def _documented_keys() -> dict[str, set[str]]:
+    """The keys ``docs/report.md`` lists, per section (``""`` for the top level): the
+    backticked names of each table row's first cell."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "report.md").read_text()
+    sections = {"Top level": "", "Layers": "layers", "History": "history", "Config": "config"}
+    keys: dict[str, set[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = sections.get(line[3:].strip())
+            if current is not None:
+                keys[current] = set()
+        elif current is not None and line.startswith("| `"):
+            keys[current] |= set(re.findall(r"`([a-z_0-9]+)`", line.split("|")[1]))
+    return keys
+
+
+def test_report_schema_is_documented_and_counts_are_integers(tiny_run):
+    """Every key of ``report.json`` (top level, layers, history rows, config) is in
+    ``docs/report.md`` and nothing more; counts are JSON integers, densities and accuracies
+    fractions, and the warm-up rows (the dense network) have density 1.0."""
+    report, out = tiny_run
+    saved = json.loads((out / "report.json").read_text())
+    documented = _documented_keys()
+    assert set(saved) == documented[""]
+    assert set(saved["layers"][0]) == documented["layers"]
+    assert set().union(*saved["history"]) == documented["history"]
+    assert set(saved["config"]) == documented["config"]
+
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    top_counts = ["weights", "weights_kept", "parameters_dense", "parameters_compact"]
+    top_counts += [k for k in saved if k.startswith(("flops_", "bytes_")) and k != "flops_ratio"]
+    assert len(top_counts) == 11
+    for key in top_counts:
+        assert is_int(saved[key]), key
+    assert all(is_int(v) for v in saved["neurons_kept"].values())
+    layer_counts = ("weights", "weights_kept", "units", "units_kept", "inputs_kept")
+    layer_counts += ("macs_dense", "macs_compact", "bytes_dense", "bytes_coo", "bytes_rle")
+    for layer in saved["layers"]:
+        assert all(is_int(layer[k]) for k in layer_counts)
+        assert all(is_int(d) for d in layer["shape"])
+    for key in ("epochs", "warmup_epochs", "finetune_epochs", "dense_epochs", "batch_size"):
+        assert is_int(saved["config"][key]), key
+    for row in saved["history"]:
+        assert is_int(row["iteration"]) and is_int(row["support_size"])
+    # the counts agree with each other
+    assert saved["weights"] == sum(layer["weights"] for layer in saved["layers"])
+    assert saved["flops_compressed"] == 2 * sum(layer["macs_compact"] for layer in saved["layers"])
+    compact_params = sum(p.numel() for p in report["_compact"].parameters())
+    assert saved["parameters_compact"] == compact_params
+    assert saved["parameters_dense"] == sum(p.numel() for p in report["_dense"].parameters())
+    for key in ("density", "accuracy_dense", "accuracy_compressed", "fraction_pruned"):
+        assert 0.0 <= saved[key] <= 1.0
+    # warm-up: the network is dense; afterwards the support sets the density
+    warmup = TINY_NETWORK.warmup_epochs
+    assert [r["iteration"] for r in saved["history"]] == list(range(1, TINY_NETWORK.epochs + 1))
+    assert [r["density"] for r in saved["history"][:warmup]] == [1.0] * warmup
+    assert saved["history"][-1]["density"] == pytest.approx(saved["density"], abs=0.01)

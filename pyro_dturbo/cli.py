@@ -95,8 +95,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the flag of each field :func:`~pyro_dturbo.experiments.compress.check_compression` names
+COMPRESS_FLAGS = {
+    "dataset": "--dataset",
+    "model": "--model",
+    "device": "--device",
+    "prior": "--prior",
+    "data_root": "--data-root",
+    "out": "--out",
+}
+
+
 def _compress(args: argparse.Namespace) -> int:
-    from pyro_dturbo.experiments.compress import COMPRESS_NETWORK, CompressConfig, run_compression
+    from pyro_dturbo.experiments.compress import (
+        COMPRESS_NETWORK,
+        CompressConfig,
+        ConfigError,
+        check_compression,
+        run_compression,
+    )
 
     # the schedule and the flags are checked before anything is loaded or trained
     if args.warmup_epochs + args.finetune_epochs >= args.epochs:
@@ -138,6 +155,13 @@ def _compress(args: argparse.Namespace) -> int:
     )
     if args.hidden:
         config.hidden = tuple(args.hidden)
+    # the prior's layers, the data root and --out, before any data is loaded
+    try:
+        check_compression(config, args.out)
+    except ConfigError as error:
+        flag = COMPRESS_FLAGS.get(error.field, error.field)
+        print(f"dturbo compress: {flag}: {error}", file=sys.stderr)
+        return 2
     print(
         f"dturbo compress: {args.model} on {args.dataset}, prior {args.prior}, "
         f"{args.epochs} epochs ({args.warmup_epochs} warm-up, last {args.finetune_epochs} "

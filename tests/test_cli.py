@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -239,3 +240,100 @@ def test_compress_help_shows_every_default(capsys):
         pattern = rf"\s{re.escape(flag)} [A-Z_]+ {own}\(default: {re.escape(default)}\)"
         assert re.search(pattern, text), flag
     assert text.count("(default:") >= 12
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if ``dturbo compress`` loads data or trains: the checks come first."""
+    import pyro_dturbo.experiments.compress as compress
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data loaded or training started before the checks")
+
+    monkeypatch.setattr(compress, "load_dataset", forbidden)
+    monkeypatch.setattr(compress, "train_dense", forbidden)
+    monkeypatch.setattr(compress, "fit_network", forbidden)
+
+
+SHORT = ["--epochs", "2", "--warmup-epochs", "0", "--finetune-epochs", "0", "--dense-epochs", "1"]
+
+
+@pytest.mark.parametrize(
+    ("model", "layer"), [("mlp", "fc7"), ("lenet5", "fc4"), ("alexnet", "conv5")]
+)
+def test_compress_refuses_prior_layers_the_model_lacks(tmp_path, capsys, no_loading, model, layer):
+    path = tmp_path / "prior.yaml"
+    SparsePrior.chain(
+        layer_priors={"fc1": SparsePrior.chain(), layer: SparsePrior.chain()}
+    ).to_yaml(path)
+    code = main(
+        ["compress", "--model", model, "--prior", str(path), *SHORT, "--out", str(tmp_path)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dturbo compress: --prior: ")
+    assert repr(layer) in err and f"model {model!r}" in err
+    assert "'fc1'" not in err.split(";")[0]  # fc1 exists in every model: not named unknown
+
+
+def test_compress_accepts_prior_layers_the_model_has(tmp_path, monkeypatch, capsys):
+    """The same check passes a prior whose overrides all exist (here the conv layers of
+    LeNet-5), and the run goes on to load the data."""
+    import pyro_dturbo.experiments.compress as compress
+
+    loaded = []
+
+    def stop(*args, **kwargs):
+        loaded.append(args)
+        raise ValueError("stopped after the checks")
+
+    monkeypatch.setattr(compress, "load_dataset", stop)
+    path = tmp_path / "prior.yaml"
+    SparsePrior.chain(layer_priors={"conv1": SparsePrior.chain()}).to_yaml(path)
+    code = main(
+        ["compress", "--model", "lenet5", "--prior", str(path), *SHORT, "--out", str(tmp_path)]
+    )
+    assert code == 2 and loaded == [("digits",)]
+    assert "stopped after the checks" in capsys.readouterr().err
+
+
+def test_compress_refuses_a_missing_data_root(tmp_path, capsys, no_loading):
+    missing = tmp_path / "no-such-folder"
+    argv = ["compress", "--dataset", "mnist", "--model", "lenet5", *SHORT]
+    assert main([*argv, "--data-root", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dturbo compress: --data-root: ")
+    assert str(missing) in err and "does not exist" in err
+    assert not missing.exists() and not (tmp_path / "out").exists()
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a folder")
+    assert main([*argv, "--data-root", str(a_file), "--out", str(tmp_path / "out")]) == 2
+    assert "--data-root: " in capsys.readouterr().err
+
+
+def test_compress_refuses_an_out_folder_it_cannot_create(tmp_path, capsys, no_loading):
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("a regular file")
+    assert main(["compress", *SHORT, "--out", str(a_file / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dturbo compress: --out: ")
+    assert str(a_file / "run") in err and "not a writable folder" in err
+    assert main(["compress", *SHORT, "--out", str(a_file)]) == 2
+    assert "--out: " in capsys.readouterr().err
+    assert a_file.read_text() == "a regular file"
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders"
+)
+def test_compress_refuses_a_read_only_out_folder(tmp_path, capsys, no_loading):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["compress", *SHORT, "--out", str(locked)]) == 2
+        assert main(["compress", *SHORT, "--out", str(locked / "run")]) == 2
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert err.count("dturbo compress: --out: ") == 2

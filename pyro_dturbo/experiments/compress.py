@@ -13,6 +13,7 @@ and mean-field SVI (Pyro ``AutoNormal``) under a Gaussian prior, pruned by ``|mu
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,16 +36,20 @@ from pyro_dturbo.compression import (
     to_plain,
 )
 from pyro_dturbo.data import ClassificationData, load_dataset
+from pyro_dturbo.data.datasets import DATASETS
+from pyro_dturbo.data.images import IMAGE_DATASETS
 from pyro_dturbo.experiments.tables import write_json
 from pyro_dturbo.inference.network import NetworkConfig, evaluate_accuracy, fit_network
 from pyro_dturbo.models.layers import network_model, sparse_layers, to_sparse_bayes
 from pyro_dturbo.models.prior import SparsePrior
 from pyro_dturbo.models.support import IndependentSupport
-from pyro_dturbo.models.zoo import ZOO, build_model
+from pyro_dturbo.models.zoo import ZOO, build_model, layer_names
 
 __all__ = [
     "COMPRESS_NETWORK",
     "CompressConfig",
+    "ConfigError",
+    "check_compression",
     "network_prior",
     "train_dense",
     "run_compression",
@@ -151,6 +156,90 @@ def _device(name: str) -> torch.device:
     return device
 
 
+class ConfigError(ValueError):
+    """A setting of a compression run that cannot work, found before anything is loaded.
+
+    :ivar str field: the :class:`CompressConfig` field it is about (``"prior"``,
+        ``"data_root"``, ...), or ``"out"`` for the output folder; ``dturbo compress`` names
+        the flag from it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _layer_names(config: CompressConfig) -> list[str]:
+    """The weight layers' names of ``config.model`` (they do not depend on the data's sizes,
+    so the model is built at its default sizes, with ``config.hidden`` for the MLP)."""
+    factory = ZOO[config.model]
+    skeleton = factory(1, hidden=tuple(config.hidden)) if config.model == "mlp" else factory()
+    return layer_names(skeleton)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".dturbo-write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            "out", f"{out} is not a writable folder ({error.strerror or error})"
+        ) from None
+
+
+def check_compression(config: CompressConfig, out: str | Path | None = None) -> SparsePrior:
+    """Check a run's settings before any data is loaded or anything trained.
+
+    In order: the data set and model names, the device, the prior (a name or a YAML file that
+    parses), the prior's per-layer overrides (``layer_priors``) against the model's layer
+    names, the data root of an image data set (given, and an existing folder unless
+    ``download``), and ``out`` (created if missing, and a file can be written there).
+
+    :param CompressConfig config: the run.
+    :param out: the output folder, if the run writes one.
+    :returns: the resolved prior.
+    :rtype: SparsePrior
+    :raises ConfigError: naming the field (:attr:`ConfigError.field`) and the problem.
+    """
+    if config.dataset not in DATASETS:
+        raise ConfigError(
+            "dataset", f"unknown dataset {config.dataset!r}; valid names are {list(DATASETS)}"
+        )
+    if config.model not in ZOO:
+        raise ConfigError("model", f"unknown model {config.model!r}; choose one of {sorted(ZOO)}")
+    try:
+        _device(config.device)
+    except ValueError as error:
+        raise ConfigError("device", str(error)) from None
+    try:
+        prior = config.resolved_prior()
+    except (ValueError, OSError) as error:
+        raise ConfigError("prior", str(error)) from None
+    try:
+        prior.check_layer_names(_layer_names(config))
+    except ValueError as error:
+        raise ConfigError("prior", f"{error} (model {config.model!r})") from None
+    if config.dataset in IMAGE_DATASETS:
+        if config.data_root is None:
+            raise ConfigError(
+                "data_root",
+                f"dataset {config.dataset!r} is not bundled: a data root is required",
+            )
+        root = Path(config.data_root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ConfigError("data_root", f"data root {root} is not a folder")
+        if not root.exists() and not config.download:
+            raise ConfigError(
+                "data_root",
+                f"data root {root} does not exist (download=True, --download on the command "
+                "line, fetches the data set there)",
+            )
+    if out is not None:
+        _check_writable(Path(out))
+    return prior
+
+
 def _load(config: CompressConfig) -> ClassificationData:
     _device(config.device)
     if config.model not in ZOO:
@@ -232,7 +321,7 @@ def run_compression(
         ``flops_compressed``, ``neurons_kept``, ``bytes_dense``, ``bytes_compressed``, timings
         (``epoch_time_dense``, ``epoch_time_turbo`` and their ratio) and the config.
     """
-    prior = config.resolved_prior()
+    prior = check_compression(config, out)  # before anything is loaded or trained
     data = _load(config)
     dense = _build(config, data)
     network = config.network_config()

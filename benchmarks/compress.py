@@ -49,9 +49,11 @@ from pyro_dturbo.experiments.compress import (
     magnitude_baseline,
     network_prior,
     run_compression,
+    support_title,
     svi_baseline,
     train_dense,
 )
+from pyro_dturbo.experiments.style import log_ticks, method_color
 from pyro_dturbo.experiments.tables import format_table, machine_info, median, summarise, write_json
 from pyro_dturbo.inference.network import NetworkConfig, fit_network
 from pyro_dturbo.models.layers import to_sparse_bayes
@@ -221,7 +223,9 @@ def run_seed(args: argparse.Namespace, seed: int, support_png: Path | None) -> l
     records = [_turbo_record("turbo-chain", seed, chain)]
     _print_record(records[-1])
     if support_png is not None:
-        plot_support(chain["_net"], support_png)
+        config = _config(args, seed, "chain")
+        title = f"{support_title(config)}, seed {seed}"
+        plot_support(chain["_net"], support_png, title=title)
 
     vb_finetune = run_compression(
         _config(args, seed, "chain", finetune="vb"), progress_bar=progress
@@ -527,54 +531,82 @@ def check_targets(
     return checks
 
 
-def plot(
-    records: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], path: Path
-) -> Path:
-    """Accuracy against density per method (dense as a line), FLOPs ratio, epoch times."""
+def figure(records: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]) -> Any:
+    """The figure of :func:`plot`, not saved: accuracy against density per method (dense as a
+    line), FLOPs ratio, epoch times (horizontal bars, the method names level beside them);
+    every method in its ``method_color`` colour (the project's one palette), one legend below
+    the panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
 
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    fig = Figure(figsize=(15, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax_acc, ax_flops, ax_time = fig.subplots(1, 3)
-    for i, method in enumerate(METHODS):
+    for method in METHODS:
         rs = [r for r in records if r["method"] == method]
+        if not rs:
+            continue
         ax_acc.scatter(
             [max(r["density"], 1e-5) for r in rs],
             [r["accuracy"] for r in rs],
-            color=f"C{i}",
+            color=method_color(method),
             label=method,
             alpha=0.8,
         )
+    dense = method_color("dense")
     dense_accuracy = statistics.median(r["accuracy_dense"] for r in records)
-    ax_acc.axhline(dense_accuracy, color="k", linestyle="--", label="dense")
-    ax_acc.axhline(dense_accuracy - 0.01, color="k", linestyle=":", label="dense - 1 point")
+    ax_acc.axhline(dense_accuracy, color=dense, linestyle="--", label="dense")
+    ax_acc.axhline(dense_accuracy - 0.01, color=dense, linestyle=":", label="dense - 1 point")
     ax_acc.set(xscale="log", xlabel="density (kept weights)", ylabel="test accuracy")
+    log_ticks(ax_acc.xaxis)
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax_acc.set_title("Accuracy against density (one point per seed)")
-    ax_acc.legend(fontsize="small")
 
+    # horizontal bars: the long method names read level, one per row
     rows = [r for r in summary if r["flops_ratio"] is not None]
-    colours = [f"C{METHODS.index(r['method'])}" for r in rows]
-    bars = ax_flops.bar(
-        [r["method"] for r in rows], [r["flops_ratio"] for r in rows], color=colours
+    bars = ax_flops.barh(
+        [r["method"] for r in rows],
+        [r["flops_ratio"] for r in rows],
+        color=[method_color(r["method"]) for r in rows],
     )
-    ax_flops.bar_label(bars, fmt="%.1f")
-    ax_flops.axhline(1 / TARGETS["flops_fraction"], color="k", linestyle="--", label="target")
-    ax_flops.set(yscale="log", ylabel="dense FLOPs / compact FLOPs (median)")
+    ax_flops.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
+    target = 1 / TARGETS["flops_fraction"]
+    ax_flops.axvline(target, color=dense, linestyle="--")
+    ax_flops.set(xscale="log", xlabel="dense FLOPs / compact FLOPs (median)")
+    ax_flops.margins(x=0.15)
+    log_ticks(ax_flops.xaxis)
     ax_flops.set_title("FLOPs reduction of the compact model")
-    ax_flops.legend(fontsize="small")
 
     names = ["dense"] + [r["method"] for r in summary if r["epoch_time"] is not None]
     dense_time = median(r["epoch_time_dense"] for r in summary)
     values = [dense_time] + [r["epoch_time"] for r in summary if r["epoch_time"] is not None]
-    colours = ["k"] + [f"C{METHODS.index(n)}" for n in names[1:]]
-    ax_time.bar_label(ax_time.bar(names, values, color=colours), fmt="%.3f")
-    ax_time.set(ylabel="seconds per epoch (median)")
+    bars = ax_time.barh(names, values, color=[method_color(n) for n in names])
+    ax_time.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+    ax_time.set(xlabel="seconds per epoch (median)")
+    ax_time.margins(x=0.15)
     ax_time.set_title("Epoch time (same process, same threads)")
+    for ax in (ax_flops, ax_time):
+        ax.invert_yaxis()  # the first method on top
+        ax.tick_params(axis="y", labelsize=8)
     for ax in (ax_acc, ax_flops, ax_time):
         ax.grid(alpha=0.3)
-    for ax in (ax_flops, ax_time):
-        ax.tick_params(axis="x", labelrotation=20)
+    handles, labels = ax_acc.get_legend_handles_labels()
+    handles.append(Line2D([], [], color=dense, linestyle="--"))
+    labels.append(f"FLOPs target ({target:g}x)")
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=5, fontsize="small", frameon=False
+    )
+    return fig
+
+
+def plot(
+    records: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], path: Path
+) -> Path:
+    """Accuracy against density per method (dense as a line), FLOPs ratio, epoch times
+    (:func:`figure`), saved."""
+    fig = figure(records, summary)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path

@@ -16,7 +16,7 @@ per job:
   run-length payloads as real ``bytes`` with exact decoders, and their byte counts
   (:func:`weight_bytes`).
 - :mod:`~pyro_dturbo.compression.report`: :func:`compression_report` (a JSON-ready dict) and
-  :func:`plot_support`.
+  :func:`plot_support` (:func:`support_figure` unsaved).
 
 References
 
@@ -49,7 +49,12 @@ from pyro_dturbo.compression.export import (
     to_plain,
 )
 from pyro_dturbo.compression.prune import DEFAULT_THRESHOLDS, apply_masks, magnitude_masks, prune
-from pyro_dturbo.compression.report import LayerReport, compression_report, plot_support
+from pyro_dturbo.compression.report import (
+    LayerReport,
+    compression_report,
+    plot_support,
+    support_figure,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -80,4 +85,5 @@ __all__ = [
     "LayerReport",
     "compression_report",
     "plot_support",
+    "support_figure",
 ]

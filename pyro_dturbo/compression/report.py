@@ -29,7 +29,7 @@ from pyro_dturbo.compression.cost import count_macs, sparse_macs
 from pyro_dturbo.compression.export import compact_stages
 from pyro_dturbo.models.layers import sparse_layers
 
-__all__ = ["LayerReport", "compression_report", "plot_support"]
+__all__ = ["LayerReport", "compression_report", "plot_support", "support_figure"]
 
 
 @dataclass
@@ -197,30 +197,31 @@ def compression_report(
 
 
 @torch.no_grad()
-def plot_support(net: nn.Module, path: str | Path) -> Path:
-    """Heat maps of ``q(s = 1)``, one per sparse Bayesian layer, saved as an image.
-
-    Each panel shows the layer's ``(out, in * kh * kw)`` matrix (rows are neurons or channels)
-    on a fixed ``[0, 1]`` colour scale, titled with the layer name and its density (the kept
-    fraction of the mask if set, else of ``q(s = 1) > 0.5``). Drawn on a bare
-    :class:`matplotlib.figure.Figure` with the Agg canvas, so pyplot's backend is untouched.
+def support_figure(net: nn.Module, *, title: str | None = None) -> Any:
+    """The figure of :func:`plot_support`, not saved: a
+    :class:`matplotlib.figure.Figure` on the Agg canvas (pyplot's backend is untouched).
 
     :param torch.nn.Module net: a network with sparse Bayesian layers.
-    :param str path: the file to write (PNG by its suffix; parent folders are created).
-    :returns: the path written.
+    :param str title: the figure's title (e.g. naming the data set, model and prior);
+        ``None`` for ``"q(s = 1) per layer"``.
+    :returns: the figure.
     :raises ValueError: if the network has no sparse Bayesian layer.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from pyro_dturbo.experiments.style import matrix_axis_labels
 
     layers = list(sparse_layers(net))
     if not layers:
         raise ValueError("plot_support needs a network with sparse Bayesian layers")
     ncols = min(3, len(layers))
     nrows = math.ceil(len(layers) / ncols)
-    fig = Figure(figsize=(4.5 * ncols, 3.5 * nrows), layout="constrained")
+    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.4 * nrows + 0.7), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
+    image = None
     for ax, (name, layer) in zip(axes, layers, strict=False):
         probs = layer.support_probs.reshape(layer.matrix_shape).detach().cpu().double().numpy()
         kept = layer.mask if layer.mask is not None else layer.support_probs > 0.5
@@ -228,10 +229,44 @@ def plot_support(net: nn.Module, path: str | Path) -> Path:
         image = ax.imshow(
             probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest"
         )
-        fig.colorbar(image, ax=ax, label="q(s = 1)")
-        ax.set(title=f"{name}: density {density:.3f}", xlabel="input (in * kh * kw)", ylabel="unit")
+        xlabel, ylabel = matrix_axis_labels(tuple(layer.weight_loc.shape))
+        rows, cols = probs.shape
+        ax.set(
+            title=f"{name} ({rows} x {cols}): density {density:.3f}",
+            xlabel=xlabel,
+            ylabel=ylabel,
+        )
+        # a few integer ticks: long axes (784 inputs) stay readable
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.tick_params(labelsize=8)
     for ax in axes[len(layers) :]:
         ax.set_axis_off()
+    # one colour bar for all panels: they share the fixed [0, 1] scale
+    assert image is not None
+    fig.colorbar(image, ax=list(axes[: len(layers)]), label="q(s = 1)", shrink=0.9)
+    fig.suptitle(title if title is not None else "q(s = 1) per layer")
+    return fig
+
+
+def plot_support(net: nn.Module, path: str | Path, *, title: str | None = None) -> Path:
+    """Heat maps of ``q(s = 1)``, one per sparse Bayesian layer, saved as an image.
+
+    Each panel shows the layer's ``(out, in * kh * kw)`` matrix (rows are neurons or channels;
+    axes labelled ``inputs`` / ``units`` for a dense layer, ``in x kh x kw`` / ``output
+    channels`` for a conv layer), titled with the layer name, its matrix size and its density
+    (the kept fraction of the mask if set, else of ``q(s = 1) > 0.5``). All panels share the
+    fixed ``[0, 1]`` colour scale and one colour bar; ``title`` heads the figure
+    (``dturbo compress`` names the data set, the model and the prior). See
+    :func:`support_figure`.
+
+    :param torch.nn.Module net: a network with sparse Bayesian layers.
+    :param str path: the file to write (PNG by its suffix; parent folders are created).
+    :param str title: the figure's title.
+    :returns: the path written.
+    :raises ValueError: if the network has no sparse Bayesian layer.
+    """
+    fig = support_figure(net, title=title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

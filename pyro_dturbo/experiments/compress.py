@@ -50,6 +50,7 @@ __all__ = [
     "CompressConfig",
     "ConfigError",
     "check_compression",
+    "support_title",
     "network_prior",
     "train_dense",
     "run_compression",
@@ -240,6 +241,27 @@ def check_compression(config: CompressConfig, out: str | Path | None = None) -> 
     return prior
 
 
+def support_title(config: CompressConfig, prior: SparsePrior | None = None) -> str:
+    """The title of a run's ``support.png``: the data set, the model and the prior (its name,
+    or its YAML file and support type; ``+ N layer overrides`` when it has some).
+
+    Example::
+
+        >>> support_title(CompressConfig(dataset="digits", model="mlp", prior="chain"))
+        'q(s = 1): mlp on digits, chain prior'
+    """
+    prior = prior if prior is not None else config.resolved_prior()
+    if isinstance(config.prior, str) and not config.prior.endswith((".yaml", ".yml")):
+        name = config.prior
+    elif isinstance(config.prior, str):
+        name = f"{Path(config.prior).name} ({prior.support.kind})"
+    else:
+        name = prior.support.kind
+    if prior.layer_priors:
+        name += f" + {len(prior.layer_priors)} layer override(s)"
+    return f"q(s = 1): {config.model} on {config.dataset}, {name} prior"
+
+
 def _load(config: CompressConfig) -> ClassificationData:
     _device(config.device)
     if config.model not in ZOO:
@@ -368,7 +390,7 @@ def run_compression(
         out = Path(out)
         files = [
             write_json(out / "report.json", report),
-            plot_support(bayes, out / "support.png"),
+            plot_support(bayes, out / "support.png", title=support_title(config, prior)),
             save_compact(compact, out / "compact.pt"),
         ]
         report["files"] = [str(f) for f in files]

@@ -7,7 +7,8 @@ on the :class:`~pyro_dturbo.federation.simulation.FederatedResult` of
 per-round records (:func:`bytes_to_target`, :func:`summary_lines`,
 :func:`plot_accuracy_vs_bytes`) also take the ``report.json`` dict itself, so a saved run can
 be summarised again without its models. Every federated plot draws a method in its
-:data:`METHOD_COLORS` colour.
+:data:`METHOD_COLORS` colour, the project's one palette (:mod:`pyro_dturbo.experiments.style`;
+:func:`method_color` is re-exported from there).
 
 This module imports :mod:`pyro_dturbo.federation`, never the reverse.
 """
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyro_dturbo.experiments.style import OTHER_COLOR, matrix_axis_labels, method_color
 from pyro_dturbo.experiments.tables import machine_info, write_json
 from pyro_dturbo.federation.config import METHODS
 from pyro_dturbo.federation.simulation import FederatedResult
@@ -34,33 +36,14 @@ __all__ = [
     "plot_global_support",
 ]
 
-#: One fixed colour per method of :data:`~pyro_dturbo.federation.config.METHODS` (the
-#: matplotlib ``tab10`` palette; FedAvg, the reference, in black).
-METHOD_COLORS: dict[str, str] = {
-    "dturbo": "#1f77b4",
-    "dturbo-moment": "#17becf",
-    "dturbo-independent": "#9467bd",
-    "fedavg": "#000000",
-    "fedavg-topk": "#ff7f0e",
-    "stc": "#2ca02c",
-}
-assert set(METHOD_COLORS) == set(METHODS), "one colour per federated method"
-
-_OTHER_COLOR = "#7f7f7f"
+#: The colour of each method of :data:`~pyro_dturbo.federation.config.METHODS`: the
+#: project's one palette (:data:`pyro_dturbo.experiments.style.METHOD_COLORS`) on the
+#: federated methods (FedAvg, the reference, in black).
+METHOD_COLORS: dict[str, str] = {name: method_color(name) for name in METHODS}
+assert OTHER_COLOR not in METHOD_COLORS.values(), "one colour per federated method"
 
 #: What a federated result may be here: the result itself, or its ``report.json`` dict.
 Result = FederatedResult | Mapping[str, Any]
-
-
-def method_color(name: str) -> str:
-    """The colour of a method in every federated plot (grey for a name not in
-    :data:`METHOD_COLORS`).
-
-    :param str name: a method name, e.g. ``"dturbo"``.
-    :returns: a matplotlib colour (hex string).
-    :rtype: str
-    """
-    return METHOD_COLORS.get(name, _OTHER_COLOR)
 
 
 def _linestyle(name: str) -> str:
@@ -342,7 +325,8 @@ def plot_global_support(
     """The final global support of a D-Turbo-VBI method as heat maps, one panel per layer.
 
     Each panel shows the layer's kept weights (:attr:`MethodResult.support`) as its
-    ``(out, in * kh * kw)`` matrix, rows being units, on one shared two-colour scale
+    ``(out, in * kh * kw)`` matrix, rows being units (axes labelled per layer kind, see
+    :func:`~pyro_dturbo.experiments.style.matrix_axis_labels`), on one shared two-colour scale
     (pruned / kept); the title names the data set, the model, the method and the density.
     If ``method`` has no support, the first D-Turbo-VBI method of the run that has one is
     drawn instead.
@@ -368,6 +352,7 @@ def plot_global_support(
         name: mask.detach().cpu().bool().reshape(mask.shape[0], -1)
         for name, mask in support.items()
     }
+    shapes = {name: tuple(mask.shape) for name, mask in support.items()}
     kept = sum(int(m.sum()) for m in masks.values())
     density = kept / sum(m.numel() for m in masks.values())
     ncols = min(3, len(masks))
@@ -386,10 +371,11 @@ def plot_global_support(
             interpolation="nearest",
         )
         rows, cols = mask.shape
+        xlabel, ylabel = matrix_axis_labels(shapes[name])
         ax.set(
             title=f"{name} ({rows} x {cols}): density {float(mask.double().mean()):.3f}",
-            xlabel="input (in * kh * kw)",
-            ylabel="unit",
+            xlabel=xlabel,
+            ylabel=ylabel,
         )
         ax.tick_params(labelsize=8)
     for ax in axes[len(masks) :]:

@@ -73,6 +73,7 @@ __all__ = [
     "smallest_successful_m",
     "REGRESSION_COLUMNS",
     "format_regression_table",
+    "phase_transition_figure",
     "plot_phase_transition",
     "compare_with_nuts",
     "summarise_nuts",
@@ -344,29 +345,35 @@ def format_regression_table(summary: Sequence[Mapping[str, Any]]) -> str:
     return format_table(summary, REGRESSION_COLUMNS)
 
 
-def plot_phase_transition(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Two panels against ``M``: success rate and median NMSE per method, saved as PNG.
+def phase_transition_figure(records: Sequence[Mapping[str, Any]]) -> Any:
+    """The figure of :func:`plot_phase_transition`, not saved: a
+    :class:`matplotlib.figure.Figure` on the Agg canvas.
 
-    Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas, so it neither needs
-    a display nor changes pyplot's backend (safe inside notebooks).
-
-    :param str path: the PNG file to write (parent folders are created).
-    :returns: the path written.
+    Each method is drawn in its :func:`~pyro_dturbo.experiments.style.method_color` colour
+    (the oracle dashed); one legend for both panels sits below them, off the data.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    from pyro_dturbo.experiments.style import method_color
 
     summary = summarise_regression(records)
     methods = list(dict.fromkeys(r["method"] for r in summary))
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax_rate, ax_nmse = fig.subplots(1, 2)
     for method in methods:
         rows = [r for r in summary if r["method"] == method]
         ms = [r["num_obs"] for r in rows]
-        style = {"linestyle": "--", "color": "k"} if method == "oracle" else {}
-        ax_rate.plot(ms, [r["success_rate"] for r in rows], marker="o", label=method, **style)
-        ax_nmse.plot(ms, [r["median_nmse_db"] for r in rows], marker="o", label=method, **style)
+        style = {
+            "color": method_color(method),
+            "linestyle": "--" if method == "oracle" else "-",
+            "marker": "o",
+            "label": method,
+        }
+        ax_rate.plot(ms, [r["success_rate"] for r in rows], **style)
+        ax_nmse.plot(ms, [r["median_nmse_db"] for r in rows], **style)
     num_weights = sorted({int(r["num_weights"]) for r in records if "num_weights" in r})
     ax_rate.set(
         xlabel="observations M",
@@ -374,10 +381,30 @@ def plot_phase_transition(records: Sequence[Mapping[str, Any]], path: str | Path
         ylim=(-0.05, 1.05),
         title=f"Phase transition, N = {', '.join(map(str, num_weights))}",
     )
+    ax_rate.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax_nmse.set(xlabel="observations M", ylabel="median NMSE (dB)", title="Estimation error")
     for ax in (ax_rate, ax_nmse):
         ax.grid(alpha=0.3)
-    ax_rate.legend(fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    handles, labels = ax_rate.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(6, len(handles)), frameon=False
+        )
+    return fig
+
+
+def plot_phase_transition(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Two panels against ``M``: success rate and median NMSE per method, saved as PNG.
+
+    Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas, so it neither needs
+    a display nor changes pyplot's backend (safe inside notebooks); see
+    :func:`phase_transition_figure`.
+
+    :param str path: the PNG file to write (parent folders are created).
+    :returns: the path written.
+    """
+    fig = phase_transition_figure(records)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -54,6 +54,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _demo(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.seeds))
     config = {
@@ -188,7 +195,8 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the engines of ``dturbo federate``; only the in-process one exists so far
+#: the engines of ``dturbo federate``: in process, a local Flower deployment (a SuperLink and
+#: one SuperNode per client on 127.0.0.1), Flower's simulation engine (Ray)
 FEDERATE_ENGINES = ("inprocess", "flower", "flower-sim")
 
 
@@ -235,10 +243,9 @@ def _federate(args: argparse.Namespace) -> int:  # noqa: C901 (one check per inp
         return 2
 
     if args.engine != "inprocess":
-        return fail(
-            f"--engine {args.engine}: not available yet: the Flower engine is not built yet "
-            "(use --engine inprocess)"
-        )
+        missing = _missing_engine(args.engine)
+        if missing is not None:
+            return fail(missing)
     try:
         config = FederatedConfig.from_yaml(Path(args.config))
         overrides: dict[str, Any] = {
@@ -258,6 +265,8 @@ def _federate(args: argparse.Namespace) -> int:  # noqa: C901 (one check per inp
     problem = _writable_folder(out)
     if problem is not None:
         return fail(problem)
+    if args.engine != "inprocess":
+        return _federate_flower(args, config, out, fail)
     checkpoints = out / "checkpoints"
     if args.fresh and checkpoints.exists():
         shutil.rmtree(checkpoints)
@@ -311,6 +320,82 @@ def _federate(args: argparse.Namespace) -> int:  # noqa: C901 (one check per inp
     print("\n".join(summary_lines(result)))
     written = [str(p) for p in paths.values()]
     print(f"{elapsed:.1f} s; wrote {', '.join(written[:-1])} and {written[-1]}")
+    return 0
+
+
+def _missing_engine(engine: str) -> str | None:
+    """Why ``engine`` cannot run here (a package missing), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        return (
+            f"--engine {engine} needs Flower: pip install 'pyro-dturbo[flower]' "
+            "(or use --engine inprocess)"
+        )
+    if engine == "flower-sim" and importlib.util.find_spec("ray") is None:
+        return (
+            "--engine flower-sim needs Flower's simulation engine (Ray): "
+            "pip install 'pyro-dturbo[flower-sim]' (or use --engine flower)"
+        )
+    return None
+
+
+def _federate_flower(
+    args: argparse.Namespace, config: Any, out: Path, fail: Callable[[str], int]
+) -> int:
+    """``--engine flower``: a local SuperLink and SuperNodes; ``flower-sim``: Flower's
+    simulation engine. Both write the in-process engine's ``report.json``."""
+    from pyro_dturbo.experiments.federated import summary_lines
+
+    config_file = out / "config.yaml"  # the config as run, overrides applied
+    config_file.write_text(config.to_yaml())
+    model = f"mlp {list(config.hidden)}" if config.model == "mlp" else config.model
+    print(
+        f"dturbo federate: {model} on {config.dataset}, {config.clients} clients on "
+        f"{'a local Flower deployment' if args.engine == 'flower' else 'Flower simulation'}, "
+        f"{config.rounds} rounds, methods {', '.join(config.methods)}",
+        flush=True,
+    )
+    start = time.perf_counter()
+
+    def announce(row: dict[str, Any]) -> None:
+        if args.no_progress and row["round"] == config.rounds:
+            print(
+                f"  {row['method']}: {row['round']} rounds done, accuracy "
+                f"{row['accuracy']:.4f} ({time.perf_counter() - start:.0f} s so far)",
+                flush=True,
+            )
+
+    try:
+        if args.engine == "flower":
+            from pyro_dturbo.federation.deployment import FlowerError, run_local
+
+            try:
+                report = run_local(
+                    config_file,
+                    out,
+                    config.clients,
+                    total_rounds=config.rounds * len(config.methods),
+                    threads=args.threads,
+                    round_timeout=args.round_timeout,
+                    progress_bar=not args.no_progress,
+                    on_round=announce,
+                )
+            except FlowerError as error:
+                return fail(f"Flower: {error}")
+        else:
+            from pyro_dturbo.federation.flower import run_simulation_engine
+
+            report = run_simulation_engine(
+                config_file, out, threads=args.threads, round_timeout=args.round_timeout
+            )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        return fail(str(error))
+    print("\n".join(summary_lines(report)))
+    print(
+        f"{time.perf_counter() - start:.1f} s; wrote {out / 'report.json'} "
+        f"(Flower logs in {out / 'flower'})"
+    )
     return 0
 
 
@@ -443,8 +528,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=FEDERATE_ENGINES,
         default="inprocess",
-        help="where clients run: inprocess (all in this process); flower / flower-sim are "
-        "not available yet",
+        help="where clients run: inprocess (all in this process); flower (a local Flower "
+        "SuperLink and one SuperNode per client, stopped at the end; needs the flower extra); "
+        "flower-sim (Flower's simulation engine; needs the flower-sim extra)",
+    )
+    federate.add_argument(
+        "--round-timeout",
+        type=_positive_float,
+        default=120.0,
+        metavar="S",
+        help="Flower engines: seconds to wait for a round's replies (a client that does not "
+        "answer keeps its last contribution)",
     )
     federate.add_argument(
         "--rounds", type=_positive_int, metavar="N", help="rounds (default: the config's)"

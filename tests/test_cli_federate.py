@@ -104,10 +104,29 @@ def test_federate_bad_out(tiny_config, tmp_path, capsys, no_training):
 
 
 @pytest.mark.parametrize("engine", ["flower", "flower-sim"])
-def test_federate_flower_not_yet(engine, tiny_config, tmp_path, capsys, no_training):
+def test_federate_flower_without_flower(engine, tiny_config, tmp_path, capsys, monkeypatch):
+    """Without Flower installed the Flower engines exit 2 at once, naming the extra."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flwr" else real(name, *a)
+    )
     argv = ["federate", "--config", str(tiny_config), "--out", str(tmp_path), "--engine", engine]
     assert main(argv) == 2
-    assert "not available yet: the Flower engine is not built yet" in capsys.readouterr().err
+    assert "pip install 'pyro-dturbo[flower]'" in capsys.readouterr().err
+
+
+def test_federate_flower_sim_without_ray(tiny_config, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    argv = ["federate", "--config", str(tiny_config), "--out", str(tmp_path)]
+    assert main([*argv, "--engine", "flower-sim"]) == 2
+    assert "pip install 'pyro-dturbo[flower-sim]'" in capsys.readouterr().err
 
 
 def test_federate_help_shows_defaults():

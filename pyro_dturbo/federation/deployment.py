@@ -24,11 +24,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalFlower", "FlowerError", "free_ports", "flower_executables", "default_app"]
+__all__ = [
+    "LocalFlower",
+    "FlowerError",
+    "free_ports",
+    "flower_executables",
+    "default_app",
+    "run_local",
+]
 
 CONNECTION = "dturbo-local"
 #: Flower's settings for a quiet, offline local deployment
@@ -345,8 +352,76 @@ class LocalFlower:
             return f"(no log: {error})"
 
 
-@contextlib.contextmanager
-def local_flower(num_nodes: int, **kwargs: Any) -> Iterator[LocalFlower]:
-    """:class:`LocalFlower` as a ``with`` block (started on entry, stopped on exit)."""
-    with LocalFlower(num_nodes, **kwargs) as flower:
-        yield flower
+def _read_rounds(path: Path, seen: int) -> list[dict[str, Any]]:
+    """The complete lines of ``rounds.jsonl`` after the first ``seen``."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    done = [line for line in lines if line.endswith("\n")]
+    return [json.loads(line) for line in done[seen:]]
+
+
+def run_local(
+    config_file: str | Path,
+    out: str | Path,
+    num_clients: int,
+    *,
+    total_rounds: int | None = None,
+    threads: int = 1,
+    round_timeout: float = 120.0,
+    app: str | Path | None = None,
+    progress_bar: bool = True,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float | None = None,
+    on_start: Callable[[LocalFlower], None] | None = None,
+) -> dict[str, Any]:
+    """Run an experiment on a fresh local deployment and return its ``report.json``.
+
+    Starts a SuperLink and ``num_clients`` SuperNodes (logs in ``out/flower``), submits the
+    app (default :func:`default_app`) with the run config ``config-file`` / ``out`` /
+    ``threads`` / ``round-timeout``, follows ``out/rounds.jsonl`` (a tqdm bar over
+    ``total_rounds``, and ``on_round(row)`` per round) until Flower reports the run finished,
+    and stops every process it started, whatever happens.
+
+    :param timeout: seconds for the whole run (default: ``round_timeout`` per round + 10 min).
+    :param on_start: called with the started deployment (tests kill a SuperNode through it).
+    :raises FlowerError: if a process fails or the run does not complete.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    progress = out / "rounds.jsonl"
+    progress.unlink(missing_ok=True)
+    (out / "report.json").unlink(missing_ok=True)  # only this run's report is returned
+    limit = timeout if timeout is not None else (total_rounds or 1) * round_timeout + 600.0
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    bar = tqdm(total=total_rounds, desc="flower", disable=not progress_bar, leave=False)
+    seen = 0
+
+    def follow() -> None:
+        nonlocal seen
+        for row in _read_rounds(progress, seen):
+            seen += 1
+            bar.update(1)
+            bar.set_postfix(method=row["method"], acc=f"{row['accuracy']:.3f}")
+            if on_round is not None:
+                on_round(row)
+
+    try:
+        with LocalFlower(num_clients, workdir=out / "flower", env=env) as flower:
+            if on_start is not None:
+                on_start(flower)
+            run_config = {
+                "config-file": str(Path(config_file).resolve()),
+                "out": str(out),
+                "threads": int(threads),
+                "round-timeout": float(round_timeout),
+            }
+            run_id = flower.submit(app if app is not None else default_app(), run_config)
+            flower.wait(run_id, timeout=limit, poll=1.0, on_poll=follow)
+            follow()
+    finally:
+        bar.close()
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    return report

@@ -72,6 +72,7 @@ __all__ = [
     "payload_record",
     "record_payload",
     "run_on_grid",
+    "run_simulation_engine",
 ]
 
 logger = logging.getLogger("pyro_dturbo.federation.flower")
@@ -379,21 +380,27 @@ def run_on_grid(
     return result, flower_bytes
 
 
-def make_server_app(root: str | Path | None = None) -> ServerApp:
+def make_server_app(
+    root: str | Path | None = None, defaults: Mapping[str, Any] | None = None
+) -> ServerApp:
     """A ServerApp running :func:`run_on_grid` from the run config (:data:`RUN_CONFIG`).
 
     :param root: where a relative ``config-file`` is looked up (an app folder passes its own
         directory, which Flower ships with the app); ``None``: the working directory. A
         relative ``out`` is taken in the ServerApp's working directory.
+    :param defaults: run config values used where the run's own config has none (Flower's
+        simulation engine passes no run config).
     """
     app = ServerApp()
     base = Path(root) if root is not None else None
+    fixed = dict(defaults or {})
+    _settings(fixed)  # a bad key fails here, not in the first round
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
         from pyro_dturbo.experiments.federated import write_federated_report
 
-        settings = _settings(context.run_config)
+        settings = _settings({**fixed, **context.run_config})
         if not settings["config-file"]:
             raise ValueError("the run config needs 'config-file' (the experiment's YAML)")
         torch.set_num_threads(int(settings["threads"]))
@@ -426,3 +433,34 @@ def make_server_app(root: str | Path | None = None) -> ServerApp:
 
 #: the ServerApp (relative config paths from the working directory)
 server_app = make_server_app()
+
+
+def run_simulation_engine(
+    config_file: str | Path,
+    out: str | Path,
+    *,
+    threads: int = 1,
+    round_timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Run an experiment on Flower's simulation engine (Ray; the ``flower-sim`` extra), one
+    virtual SuperNode per client, and return its ``report.json``."""
+    from flwr.simulation import run_simulation
+
+    config = FederatedConfig.from_yaml(Path(config_file))
+    out = Path(out).resolve()
+    app = make_server_app(
+        defaults={
+            "config-file": str(Path(config_file).resolve()),
+            "out": str(out),
+            "threads": int(threads),
+            "round-timeout": float(round_timeout),
+        }
+    )
+    run_simulation(
+        app,
+        client_app,
+        num_supernodes=config.clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    return report

@@ -6,8 +6,9 @@ tutorial call; :class:`CompressConfig` holds its settings, the Turbo-VBI ones as
 reference and the initialisation), then Turbo-VBI from its weights, prunes at ``q(s) > 0.5``,
 exports the compact model and reports.
 The baselines of the benchmark live here too, each as one function of the same inputs:
-magnitude pruning of the dense network to a given density (with the same fine-tuning epochs)
-and mean-field SVI (Pyro ``AutoNormal``) under a Gaussian prior, pruned by ``|mu|``.
+magnitude pruning of the dense network to a given density (with the same fine-tuning epochs),
+mean-field SVI (Pyro ``AutoNormal``) under a Gaussian prior, pruned by ``|mu|``, and sparse
+variational dropout (:mod:`~pyro_dturbo.inference.sparse_vd`), which finds its own density.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pyro_dturbo.data.datasets import DATASETS
 from pyro_dturbo.data.images import IMAGE_DATASETS
 from pyro_dturbo.experiments.tables import write_json
 from pyro_dturbo.inference.network import NetworkConfig, evaluate_accuracy, fit_network
+from pyro_dturbo.inference.sparse_vd import fit_sparse_vd, sparse_vd_layers
 from pyro_dturbo.models.layers import network_model, sparse_layers, to_sparse_bayes
 from pyro_dturbo.models.prior import SparsePrior
 from pyro_dturbo.models.support import IndependentSupport
@@ -56,6 +58,7 @@ __all__ = [
     "run_compression",
     "magnitude_baseline",
     "svi_baseline",
+    "sparse_vd_baseline",
 ]
 
 FLAT_MODELS = ("mlp", "lenet300100")
@@ -516,4 +519,68 @@ def svi_baseline(
             key: structure[key]
             for key in ("flops_ratio", "fraction_in_whole_units", "neurons_kept")
         },
+    }
+
+
+#: What :func:`sparse_vd_baseline` copies from :func:`compression_report` of the pruned net.
+SPARSE_VD_STRUCTURE_KEYS = (
+    "flops_dense",
+    "flops_compressed",
+    "flops_ratio",
+    "fraction_in_whole_units",
+    "neurons_kept",
+    "bytes_dense",
+    "bytes_compressed",
+    "bytes_coo",
+    "bytes_rle",
+)
+
+
+def sparse_vd_baseline(
+    dense: nn.Module,
+    data: ClassificationData,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    warmup_epochs: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Sparse variational dropout [Molchanov et al. 2017] started at the dense weights
+    (:func:`~pyro_dturbo.inference.sparse_vd.fit_sparse_vd`), pruned at ``log alpha > 3``.
+
+    Unlike the other baselines it is not given a density: the KL to the log-uniform prior
+    decides how many weights go. ``accuracy`` is the pruned plain network's,
+    ``accuracy_unpruned`` that of the weights ``theta`` without the mask; the FLOPs, bytes and
+    neurons are :func:`compression_report`'s of the pruned plain network (as for magnitude
+    pruning). ``dense`` is not changed.
+    """
+    start = time.perf_counter()
+    result = fit_sparse_vd(
+        dense,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        warmup_epochs=warmup_epochs,
+    )
+    elapsed = time.perf_counter() - start
+    svd = result.svd_net
+    thresholds = [layer.threshold for _, layer in sparse_vd_layers(svd)]
+    for _, layer in sparse_vd_layers(svd):
+        layer.threshold = math.inf  # nothing pruned: the trained theta
+    accuracy_unpruned = evaluate_accuracy(svd, data.x_test, data.y_test)
+    for (_, layer), threshold in zip(sparse_vd_layers(svd), thresholds, strict=True):
+        layer.threshold = threshold
+    structure = compression_report(result.net, data.input_shape)
+    return {
+        "method": "sparse-vd",
+        "density": result.density,
+        "accuracy_unpruned": accuracy_unpruned,
+        "accuracy": evaluate_accuracy(result.net, data.x_test, data.y_test),
+        "epoch_time": elapsed / epochs,
+        "kl": result.history[-1]["kl"],
+        **{key: structure[key] for key in SPARSE_VD_STRUCTURE_KEYS},
     }

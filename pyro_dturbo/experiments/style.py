@@ -53,6 +53,7 @@ METHOD_COLORS: dict[str, str] = {
     "svi": "#d62728",
     "mcmc": "#e377c2",
     "magnitude": "#bcbd22",
+    "sparse-vd": "#637939",
     "fedavg-topk": "#ff7f0e",
     "stc": "#2ca02c",
     # the references

@@ -1,5 +1,6 @@
 """How beliefs are updated: Module A (regression, networks), the one Module B, the Turbo loop,
-the guide, the SVI / MCMC baselines and ArviZ diagnostics.
+the guide, the SVI / MCMC baselines, sparse variational dropout (a network compression
+baseline, :mod:`~pyro_dturbo.inference.sparse_vd`) and ArviZ diagnostics.
 
 The pure tensor maths these build on (messages, forward-backward, loopy BP, closed-form VB
 pieces) lives in :mod:`pyro_dturbo.ops`.
@@ -22,6 +23,7 @@ from pyro_dturbo.inference.regression import (
     SparseRegressionResult,
     fit_sparse_regression,
 )
+from pyro_dturbo.inference.sparse_vd import SparseVDResult, fit_sparse_vd
 from pyro_dturbo.inference.turbo import TurboResult, TurboState, TurboVBI
 from pyro_dturbo.ops.messages import BernoulliMessage, GaussianMessage
 
@@ -36,6 +38,7 @@ __all__ = [
     "RegressionModuleA",
     "SVIResult",
     "SparseRegressionResult",
+    "SparseVDResult",
     "TurboGuide",
     "TurboResult",
     "TurboState",
@@ -43,6 +46,7 @@ __all__ = [
     "default_network_prior",
     "fit_network",
     "fit_sparse_regression",
+    "fit_sparse_vd",
     "load_checkpoint",
     "run_mcmc",
     "run_svi",

@@ -10,6 +10,7 @@ from pyro_dturbo.experiments.compress import (
     magnitude_baseline,
     network_prior,
     run_compression,
+    sparse_vd_baseline,
     svi_baseline,
 )
 from pyro_dturbo.inference.network import NetworkConfig
@@ -55,6 +56,20 @@ def test_baselines_prune_to_the_requested_density(tiny_run):
     assert svi["density"] == pytest.approx(0.25, abs=2e-3)
     assert 0.0 <= svi["accuracy"] <= 1.0
     assert svi["flops_ratio"] >= 1.0 and set(svi["neurons_kept"]) == {"fc1", "fc2"}
+
+
+def test_sparse_vd_baseline_reports_its_own_density_and_structure(tiny_run):
+    report, _ = tiny_run
+    dense = report["_dense"]
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    svd = sparse_vd_baseline(dense, report["_data"], epochs=6, warmup_epochs=2)
+    assert all(torch.equal(v, before[k]) for k, v in dense.state_dict().items())  # unchanged
+    assert svd["method"] == "sparse-vd"
+    assert 0.0 < svd["density"] < 1.0  # the KL prunes without being told a density
+    assert 0.0 <= svd["accuracy"] <= 1.0 and 0.0 <= svd["accuracy_unpruned"] <= 1.0
+    assert svd["flops_dense"] == 2 * (64 * 16 + 16 * 10)
+    assert svd["flops_ratio"] == svd["flops_dense"] / svd["flops_compressed"] >= 1.0
+    assert set(svd["neurons_kept"]) == {"fc1", "fc2"} and svd["kl"] > 0
 
 
 def test_network_prior_names():

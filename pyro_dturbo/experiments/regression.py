@@ -18,7 +18,8 @@ Methods (names used in the records):
 - ``"turbo-independent"``: Turbo-VBI with i.i.d. supports of the chain's stationary activity
   ``p01 / (p01 + p10)`` (Module B off: the unstructured ablation).
 - ``"svi"``: Pyro SVI (:func:`~pyro_dturbo.inference.baselines.run_svi`) on the chain model
-  with the support summed out.
+  with the support summed out, ``AutoNormal`` guide; ``"svi-lowrank"`` the same with
+  ``AutoLowRankMultivariateNormal``, ``"svi-delta"`` with ``AutoDelta`` (MAP).
 - ``"mcmc"``: Pyro NUTS (:func:`~pyro_dturbo.inference.baselines.run_mcmc`), small ``N`` only.
 - ``"oracle"``: least squares on the true support (the reference every method is scored
   against; it always "succeeds").
@@ -65,6 +66,7 @@ from pyro_dturbo.models import (
 __all__ = [
     "METHODS",
     "TURBO_METHODS",
+    "SVI_GUIDES",
     "SUCCESS_MARGIN_DB",
     "grid_layout",
     "regression_priors",
@@ -81,7 +83,18 @@ __all__ = [
 ]
 
 #: Every method :func:`compare_regression` knows.
-METHODS = ("turbo-chain", "turbo-grid", "turbo-independent", "svi", "mcmc", "oracle")
+METHODS = (
+    "turbo-chain",
+    "turbo-grid",
+    "turbo-independent",
+    "svi",
+    "svi-lowrank",
+    "svi-delta",
+    "mcmc",
+    "oracle",
+)
+#: The SVI methods and the autoguide each uses (see :func:`~.baselines.run_svi`).
+SVI_GUIDES = {"svi": "normal", "svi-lowrank": "lowrank", "svi-delta": "delta"}
 #: The Turbo-VBI methods and the support structure each uses.
 TURBO_METHODS = ("turbo-chain", "turbo-grid", "turbo-independent")
 #: A run succeeds when its NMSE is at most this far above the oracle's.
@@ -102,7 +115,8 @@ def grid_layout(num_weights: int) -> tuple[int, int]:
 def regression_priors(
     num_weights: int, p01: float = 0.01, p10: float = 0.1
 ) -> dict[str, SparsePrior]:
-    """The prior each method uses, keyed by method name (``"svi"`` and ``"mcmc"`` use the chain).
+    """The prior each method uses, keyed by method name (the SVI methods and ``"mcmc"`` use the
+    chain).
 
     All are :func:`~pyro_dturbo.models.default_regression_prior` with the support replaced by
     a structure matching the generating chain's ``p01, p10``.
@@ -116,7 +130,7 @@ def regression_priors(
         "turbo-chain": chain,
         "turbo-grid": base.replace(support=GridMRFSupport(p01, p10, grid=grid_layout(num_weights))),
         "turbo-independent": base.replace(support=IndependentSupport(p01 / (p01 + p10))),
-        "svi": chain,
+        **{method: chain for method in SVI_GUIDES},
         "mcmc": chain,
     }
 
@@ -149,8 +163,16 @@ def _fit(
             "time_b_fraction": sum(r["time_b"] for r in result.history) / total if total else 0.0,
         }
         return result.mean, result.support_probs > 0.5, extra
-    if method == "svi":
-        svi = run_svi(X, y, prior, noise_precision=noise_precision, num_steps=svi_steps, seed=seed)
+    if method in SVI_GUIDES:
+        svi = run_svi(
+            X,
+            y,
+            prior,
+            noise_precision=noise_precision,
+            guide=SVI_GUIDES[method],
+            num_steps=svi_steps,
+            seed=seed,
+        )
         return svi.mean, svi.support_probs > 0.5, {"iterations": svi_steps}
     if method == "mcmc":
         mcmc = run_mcmc(

@@ -51,6 +51,8 @@ METHOD_COLORS: dict[str, str] = {
     "dturbo-independent": "#9467bd",
     # the baselines
     "svi": "#d62728",
+    "svi-lowrank": "#ff9896",
+    "svi-delta": "#8c6d31",
     "mcmc": "#e377c2",
     "magnitude": "#bcbd22",
     "sparse-vd": "#637939",

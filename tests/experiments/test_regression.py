@@ -177,3 +177,30 @@ def test_plot_and_save(tmp_path, tiny_records):
     assert report["smallest_successful_m"]["by_method"]["oracle"] == 48
     assert len(report["records"]) == len(tiny_records)
     assert paths["png"].stat().st_size > 0
+
+
+def test_each_svi_method_fits_with_its_own_guide(monkeypatch):
+    from pyro_dturbo.experiments import regression
+
+    guides = []
+    real = regression.run_svi
+
+    def spy(*args, **kwargs):
+        guides.append(kwargs["guide"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regression, "run_svi", spy)
+    records = compare_regression(
+        [48],
+        [1],
+        num_weights=64,
+        methods=["svi", "svi-lowrank", "svi-delta"],
+        svi_steps=5,
+        dtype=torch.float64,
+        progress_bar=False,
+    )
+    assert guides == ["normal", "lowrank", "delta"]
+    assert [r["method"] for r in records] == ["svi", "svi-lowrank", "svi-delta"]
+    assert all(math.isfinite(r["nmse_db"]) and r["iterations"] == 5 for r in records)
+    priors = regression_priors(64)
+    assert priors["svi-lowrank"] == priors["svi-delta"] == priors["turbo-chain"]

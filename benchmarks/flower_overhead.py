@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             rows,
             [
                 ("method", "method", ""),
-                ("round_s_inprocess", "s / round in process", ".3f"),
-                ("round_s_flower", "s / round on Flower", ".2f"),
+                ("s / round in process", "round_s_inprocess", ".3f"),
+                ("s / round on Flower", "round_s_flower", ".2f"),
                 ("ratio", "ratio", ".0f"),
-                ("engines_agree", "engines agree", ""),
+                ("engines agree", "engines_agree", ""),
             ],
         )
     )

@@ -366,6 +366,12 @@ def _federate_flower(
                 flush=True,
             )
 
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the deployment's cleanup runs as on Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         if args.engine == "flower":
             from pyro_dturbo.federation.deployment import FlowerError, run_local
@@ -391,11 +397,17 @@ def _federate_flower(
             )
     except (ValueError, FileNotFoundError, ImportError) as error:
         return fail(str(error))
+    except KeyboardInterrupt:
+        print(
+            "dturbo federate: interrupted; every Flower process started was stopped",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("\n".join(summary_lines(report)))
-    print(
-        f"{time.perf_counter() - start:.1f} s; wrote {out / 'report.json'} "
-        f"(Flower logs in {out / 'flower'})"
-    )
+    logs = f" (Flower logs in {out / 'flower'})" if args.engine == "flower" else ""
+    print(f"{time.perf_counter() - start:.1f} s; wrote {out / 'report.json'}{logs}")
     return 0
 
 

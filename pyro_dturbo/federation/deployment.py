@@ -192,6 +192,14 @@ class LocalFlower:
         self._write_connection()
         return self
 
+    def _write_pids(self) -> None:
+        """``pids.json`` in the work folder: what to stop by hand if this process dies hard."""
+        pids = {
+            "superlink": self.superlink.pid if self.superlink else None,
+            "supernodes": {str(k): p.pid for k, p in self.supernodes.items()},
+        }
+        (self.workdir / "pids.json").write_text(json.dumps(pids, indent=1) + "\n")
+
     def start_supernode(self, k: int, port: int | None = None) -> subprocess.Popen[bytes]:
         """Start the SuperNode holding partition ``k``."""
         port = port if port is not None else free_ports(1)[0]
@@ -211,6 +219,7 @@ class LocalFlower:
             ],
         )
         self.supernodes[k] = proc
+        self._write_pids()
         return proc
 
     def kill_supernode(self, k: int) -> None:

@@ -381,7 +381,10 @@ def run_on_grid(
 
 
 def make_server_app(
-    root: str | Path | None = None, defaults: Mapping[str, Any] | None = None
+    root: str | Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    engine: str = "flower",
 ) -> ServerApp:
     """A ServerApp running :func:`run_on_grid` from the run config (:data:`RUN_CONFIG`).
 
@@ -390,6 +393,7 @@ def make_server_app(
         relative ``out`` is taken in the ServerApp's working directory.
     :param defaults: run config values used where the run's own config has none (Flower's
         simulation engine passes no run config).
+    :param str engine: the name ``report.json`` gives the engine.
     """
     app = ServerApp()
     base = Path(root) if root is not None else None
@@ -426,7 +430,7 @@ def make_server_app(
             threads=int(settings["threads"]),
             hook_fn=hook,
         )
-        write_federated_report(result, out, engine={"name": "flower", "flower_bytes": flower_bytes})
+        write_federated_report(result, out, engine={"name": engine, "flower_bytes": flower_bytes})
 
     return app
 
@@ -454,7 +458,8 @@ def run_simulation_engine(
             "out": str(out),
             "threads": int(threads),
             "round-timeout": float(round_timeout),
-        }
+        },
+        engine="flower-sim",
     )
     run_simulation(
         app,

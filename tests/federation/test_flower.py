@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -233,6 +236,20 @@ def _in_groups(groups: set[int]) -> list[int]:
     return found
 
 
+def _with_env(marker: str) -> list[int]:
+    """Running processes whose environment holds ``marker`` (a deployment's FLWR_HOME): every
+    process it started, their children and grandchildren included, whatever their session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes() and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except (FileNotFoundError, PermissionError, ProcessLookupError):
+                continue
+    return found
+
+
 @pytest.fixture
 def deployment_config(tmp_path):
     path = tmp_path / "config.yaml"
@@ -267,6 +284,7 @@ def test_deployment_equals_in_process(
     assert len(pids) == 1 + DEPLOY.clients
     assert not [p for p in pids if _alive(p)]
     assert not _in_groups(set(pids))
+    assert not _with_env(str(started[0].home))
     with one_thread():
         reference = run_federated(DEPLOY, progress_bar=False).report()
     ours, theirs = report["methods"]["dturbo"], reference["methods"]["dturbo"]
@@ -317,6 +335,74 @@ def test_deployment_killed_supernode(deployment_config, tmp_path):
     pids = started[0].pids
     assert not [p for p in pids if _alive(p)]
     assert not _in_groups(set(pids))
+    assert not _with_env(str(started[0].home))
+
+
+@pytest.mark.flower
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_cli_stops_every_process(sig, deployment_config, tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM to ``dturbo federate --engine flower`` once its SuperLink
+    and SuperNodes run: it exits 130 and leaves none of the processes it started."""
+    out = tmp_path / "out"
+    argv = ["-m", "pyro_dturbo.cli", "federate", "--config", str(deployment_config)]
+    proc = subprocess.Popen(
+        [sys.executable, *argv, "--engine", "flower", "--out", str(out), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids_file = out / "flower" / "pids.json"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if pids_file.exists():
+                pids = json.loads(pids_file.read_text())
+                if len(pids["supernodes"]) == DEPLOY.clients:
+                    break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the deployment did not start")
+        time.sleep(1.0)  # the run being submitted
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted; every Flower process started was stopped" in err
+    started = [pids["superlink"], *pids["supernodes"].values()]
+    assert not [p for p in started if _alive(p)]
+    assert not _with_env(str(out.resolve() / "flower" / "flwr-home"))
+
+
+@pytest.mark.flower
+def test_simulation_engine_equals_in_process(tmp_path, torch_default_dtype):
+    """``--engine flower-sim`` (Flower's simulation engine, where Ray is installed) gives the
+    in-process engine's records."""
+    pytest.importorskip("ray", reason="--engine flower-sim needs the flower-sim extra (Ray)")
+    config = DEPLOY.replace(rounds=3)
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    out = tmp_path / "out"
+    # in a process of its own, as a user runs it (Ray's warnings are not this suite's)
+    argv = ["-m", "pyro_dturbo.cli", "federate", "--config", str(path), "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, *argv, "--engine", "flower-sim", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"]["name"] == "flower-sim"
+    with one_thread():
+        reference = run_federated(config, progress_bar=False).report()
+    for ours, theirs in zip(
+        report["methods"]["dturbo"]["rounds"], reference["methods"]["dturbo"]["rounds"], strict=True
+    ):
+        assert abs(ours["accuracy"] - theirs["accuracy"]) <= 1e-6
+        assert (ours["bytes_up"], ours["bytes_down"]) == (theirs["bytes_up"], theirs["bytes_down"])
 
 
 def test_local_flower_refuses_no_nodes():

@@ -210,6 +210,14 @@ class FederatedConfig:
             raise _error(
                 "warmup_rounds", f"must be < rounds ({self.rounds}), got {self.warmup_rounds}"
             )
+        if self.finetune_rounds is not None:
+            integer("finetune_rounds", 0)
+            if self.finetune_rounds and self.rounds - self.finetune_rounds <= self.warmup_rounds:
+                raise _error(
+                    "finetune_rounds",
+                    f"must leave at least one round between the warm-up ({self.warmup_rounds}) "
+                    f"and fine-tuning in {self.rounds} rounds, got {self.finetune_rounds}",
+                )
         if self.site_step is not None:
             number("site_step", self.site_step, 0.0, 1.0, closed_low=False)
         number("init_precision", self.init_precision, 0.0, math.inf, closed_low=False)

@@ -264,6 +264,9 @@ BAD_FIELDS = [
     ({"faults": {"dropout": 2}}, "faults.dropout"),
     ({"rounds": 3, "warmup_rounds": 3}, "warmup_rounds"),
     ({"rounds": 3, "warmup_rounds": 4}, "warmup_rounds"),
+    ({"finetune_rounds": -1}, "finetune_rounds"),
+    ({"finetune_rounds": 1.5}, "finetune_rounds"),
+    ({"rounds": 2, "finetune_rounds": 1}, "finetune_rounds"),  # no round for the support
 ]
 
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyro.distributions as dist
 import torch
 from torch import Tensor
@@ -31,11 +30,22 @@ from torch import Tensor
 from pyro_dturbo.inference.baselines import MCMCResult, SVIResult
 from pyro_dturbo.models.regression import LAYER
 
-with warnings.catch_warnings():
-    # ArviZ 0.23 announces its 1.x rewrite with a FutureWarning, once a day, when imported; it
-    # asks nothing of us and would make this import fail under ``-W error``.
-    warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
-    import arviz as az
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _arviz() -> Any:
+    """ArviZ, imported on first use: with pandas and xarray it takes seconds to import, which
+    every process importing :mod:`pyro_dturbo.inference` would pay (a Flower ClientApp starts
+    one per round)."""
+    with warnings.catch_warnings():
+        # ArviZ 0.23 announces its 1.x rewrite with a FutureWarning, once a day, when imported;
+        # it asks nothing of us and would make this import fail under ``-W error``.
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
+        import arviz
+
+    return arviz
+
 
 __all__ = ["to_arviz", "summary"]
 
@@ -43,7 +53,6 @@ __all__ = ["to_arviz", "summary"]
 WEIGHT_DIM = "weight_dim"
 #: The dimension that indexes the observations.
 OBS_DIM = "obs_dim"
-_ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 
 
 def _numpy(x: Tensor) -> np.ndarray:
@@ -86,8 +95,9 @@ def _log_likelihood(
 
 
 def _from_dict(groups: dict[str, dict[str, np.ndarray]], **kwargs: Any) -> Any:
+    az = _arviz()
     from_dict: Any = az.from_dict
-    if _ARVIZ_1:  # pragma: no cover - ArviZ 1.x needs Python >= 3.12
+    if int(az.__version__.split(".")[0]) >= 1:  # pragma: no cover - ArviZ 1.x needs Python >= 3.12
         return from_dict(groups, **kwargs)  # one mapping {group: {variable: array}}
     return from_dict(**groups, **kwargs)  # 0.x: one keyword per group
 
@@ -188,6 +198,9 @@ def summary(
 
         >>> summary(mcmc_result, ["linear.weight", "linear.support_probs"])["r_hat"].max()
     """
+    import pandas as pd
+
+    az = _arviz()
     idata = (
         result
         if isinstance(result, az.InferenceData)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
-import scipy.stats
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
@@ -131,6 +130,8 @@ class TurboGuide(PyroModule):
         Gamma quantiles come from ``scipy.stats.gamma.ppf``; supports are 0/1 quantiles of
         the Bernoulli marginals. With a single quantile the leading dim is dropped.
         """
+        import scipy.stats  # on first use: scipy takes a second to import
+
         qs = torch.as_tensor(list(quantiles), dtype=torch.float64)
         if ((qs <= 0) | (qs >= 1)).any():
             raise ValueError(f"quantiles must lie in (0, 1), got {list(quantiles)}")

@@ -416,3 +416,16 @@ def test_environment_has_no_stray_flower_home(tmp_path):
     assert flower.env["FLWR_HOME"] == str(tmp_path.resolve() / "flwr-home")
     assert flower.env["FLWR_TELEMETRY_ENABLED"] == "0"
     assert os.environ.get("FLWR_HOME") != flower.env["FLWR_HOME"]
+
+
+def test_client_process_imports_stay_light():
+    """A Flower ClientApp process (one per round) imports the federation without ArviZ,
+    pandas, xarray, SciPy, matplotlib or scikit-learn: they cost seconds each round."""
+    code = (
+        "import sys, pyro_dturbo.federation.flower; "
+        "print(sorted(m for m in ('arviz', 'pandas', 'xarray', 'scipy', 'matplotlib', 'sklearn')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

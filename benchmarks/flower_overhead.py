@@ -13,6 +13,7 @@ thread per process. Command (the committed ``results/flower_overhead.json``)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is not None:
         config = config.replace(rounds=args.rounds)
 
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     inprocess = run_federated(config, progress_bar=False).report()
     wall_inprocess = time.perf_counter() - t0
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             "config": config.to_dict(),
             "rows": rows,
             "wall_s": {"inprocess": wall_inprocess, "flower": wall_flower},
+            # other work on the machine slows the Flower engine's many processes most
+            "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
             "machine": machine_info(),
         },
     )

@@ -27,7 +27,12 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from pyro_dturbo.cli import main  # noqa: E402
 from pyro_dturbo.federation import FederatedConfig, run_federated  # noqa: E402
-from pyro_dturbo.federation.deployment import LocalFlower, default_app, run_local  # noqa: E402
+from pyro_dturbo.federation.deployment import (  # noqa: E402
+    FlowerError,
+    LocalFlower,
+    default_app,
+    run_local,
+)
 from pyro_dturbo.federation.flower import (  # noqa: E402
     PAYLOAD,
     client_app,
@@ -335,6 +340,20 @@ def test_deployment_killed_supernode(deployment_config, tmp_path):
     pids = started[0].pids
     assert not [p for p in pids if _alive(p)]
     assert not _in_groups(set(pids))
+    assert not _with_env(str(started[0].home))
+
+
+@pytest.mark.flower
+def test_failed_run_is_an_error_and_stops_everything(tmp_path):
+    """A run the ServerApp fails (here: its config file is not there) raises FlowerError with
+    the ServerApp's reason, and nothing started is left."""
+    started: list[LocalFlower] = []
+    missing = tmp_path / "gone.yaml"
+    with pytest.raises(FlowerError, match="no config file at"):
+        run_local(
+            missing, tmp_path / "out", 1, progress_bar=False, on_start=started.append, timeout=120
+        )
+    assert not [p for p in started[0].pids if _alive(p)]
     assert not _with_env(str(started[0].home))
 
 

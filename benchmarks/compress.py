@@ -23,12 +23,14 @@ chain network), and prints the table::
     python benchmarks/compress.py                      # 3 seeds, 80 epochs (minutes)
     python benchmarks/compress.py --timing --alexnet   # plus the dedicated epoch timings
     python benchmarks/compress.py --smoke              # tiny sizes, into a temporary folder
-    python benchmarks/compress.py --dataset mnist-5k --model lenet300100 \
-        --methods turbo-chain magnitude svi sparse-vd   # -> results/compress_mnist-5k_lenet300100.*
 
-Other data sets or models write ``compress_<dataset>_<model>.json`` / ``.png`` /
-``_support.png``. The committed results came from ``python benchmarks/compress.py`` (3 seeds)
-and the LeNet-300-100 line above (``--seeds 0``).
+Another data set or model (``--dataset``, ``--model``) writes ``compress_<dataset>_<model>.json``
+/ ``.png`` / ``_support.png`` instead. The committed results came from
+``python benchmarks/compress.py --timing --alexnet`` (``results/compress.json``) and, for
+LeNet-300-100 on 5,000 MNIST digits (``results/compress_mnist-5k_lenet300100.json``), from::
+
+    python benchmarks/compress.py --dataset mnist-5k --model lenet300100 --seeds 0 1 2 \\
+        --methods turbo-chain magnitude svi sparse-vd
 
 Epoch times are wall-clock on the CPU with ``--threads`` intra-op threads (default 1, for
 stable numbers); dense and Turbo epochs are always measured in the same process, one after the

@@ -5,9 +5,10 @@ batch 32, one thread, timed side by side (the variants interleaved, ``--repeats`
 medians), for:
 
 - ``dense``: the plain network with Adam (the reference);
-- ``local``: a step of the library's layers (:class:`~pyro_dturbo.models.layers.SparseBayesLinear` with the
-  local reparameterisation: a second matmul for the pre-activation variance, noise per
-  pre-activation, twice the parameters for Adam, the closed-form KL gradient);
+- ``local``: a step of the library's layers
+  (:class:`~pyro_dturbo.models.layers.SparseBayesLinear` with the local reparameterisation: a
+  second matmul for the pre-activation variance, noise per pre-activation, twice the
+  parameters for Adam, the closed-form KL gradient);
 - ``weight-noise``: one weight sample per minibatch shared by its examples (one matmul; the
   gradients of mean and log-scale are elementwise in the weight's gradient), a standard
   alternative with noisier gradients;

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-float32 bench lint install clean
+.PHONY: demo test test-float32 bench notebooks lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/regression.py --only-nuts --nuts-obs 40 --threads 1
 	$(PY) benchmarks/message_passing.py
 	$(PY) benchmarks/compress.py --timing --alexnet
+
+# Re-execute the tutorials at full size, in place (they are committed with their outputs).
+notebooks: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) notebooks/execute.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check pyro_dturbo tests benchmarks notebooks

@@ -270,9 +270,39 @@ class LocalFlower:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+        # what the SuperLink or a SuperNode started in a session of its own (a flwr-serverapp or
+        # flwr-clientapp) is not in their groups: find it by the FLWR_HOME it inherited
+        deadline = time.monotonic() + grace
+        while (strays := self.strays()) and time.monotonic() < deadline:
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
         for log in self._logs:
             log.close()
         self._logs.clear()
+
+    def strays(self) -> list[int]:
+        """Live processes (other than this one) whose environment holds this deployment's
+        ``FLWR_HOME``: everything it started, however detached. Linux only (``/proc``); an
+        empty list elsewhere."""
+        marker = f"FLWR_HOME={self.home}\0".encode()
+        found: list[int] = []
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return found
+        for entry in proc.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker not in (entry / "environ").read_bytes() + b"\0":
+                    continue
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                found.append(int(entry.name))
+        return found
 
     def __enter__(self) -> LocalFlower:
         return self.start()

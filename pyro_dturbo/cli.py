@@ -3,7 +3,7 @@
 Subcommands::
 
     dturbo demo [--out results/demo] [--seed 0]     # Turbo-VBI vs SVI vs oracle, < 2 minutes
-    dturbo compress --dataset digits --model mlp --prior chain --epochs 80 --seed 0 --out DIR
+    dturbo compress --dataset digits --model mlp --prior chain --epochs 100 --seed 0 --out DIR
     dturbo federate --config configs/federated_digits.yaml --out DIR   # every method, in process
 
 also runnable as ``python -m pyro_dturbo.cli demo``. Every subcommand writes JSON and a plot
@@ -470,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="chain, independent, grid, or a YAML file written by SparsePrior.to_yaml",
     )
     compress.add_argument(
-        "--epochs", type=_positive_int, default=80, help="Turbo-VBI epochs, all phases"
+        "--epochs",
+        type=_positive_int,
+        default=COMPRESS_NETWORK.epochs,
+        help="Turbo-VBI epochs, all phases",
     )
     compress.add_argument(
         "--warmup-epochs",
@@ -479,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="first epochs of w-steps only, before the first support update",
     )
     compress.add_argument(
-        "--finetune-epochs", type=int, default=30, help="last epochs under the frozen support"
+        "--finetune-epochs",
+        type=int,
+        default=COMPRESS_NETWORK.finetune_epochs,
+        help="last epochs under the frozen support",
     )
     compress.add_argument(
         "--dense-epochs", type=_positive_int, default=30, help="epochs of the dense network first"

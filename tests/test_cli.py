@@ -229,9 +229,9 @@ def test_compress_help_shows_every_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     # each flag's own help (up to the next option) ends with its default
     for flag, default in [
-        ("--epochs", "80"),
+        ("--epochs", "100"),
         ("--warmup-epochs", "3"),
-        ("--finetune-epochs", "30"),
+        ("--finetune-epochs", "50"),
         ("--dense-epochs", "30"),
         ("--kl-weight", "1.0"),
         ("--seed", "0"),

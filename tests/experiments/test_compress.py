@@ -96,7 +96,7 @@ def test_config_holds_a_network_config():
     config = CompressConfig(**TINY, seed=3)
     assert isinstance(config.network, NetworkConfig)
     assert CompressConfig().network == COMPRESS_NETWORK
-    assert (COMPRESS_NETWORK.epochs, COMPRESS_NETWORK.finetune_epochs) == (80, 30)
+    assert (COMPRESS_NETWORK.epochs, COMPRESS_NETWORK.finetune_epochs) == (100, 50)
     assert (COMPRESS_NETWORK.batch_size, COMPRESS_NETWORK.lr) == (64, 2e-3)
     assert config.network_config() == TINY_NETWORK.replace(seed=3)
     flat = config.to_dict()

@@ -58,6 +58,7 @@ from pyro_dturbo.compression import (
 from pyro_dturbo.data import ClassificationData, load_dataset
 from pyro_dturbo.experiments.compress import (
     COMPRESS_NETWORK,
+    STRUCTURE_KEYS,
     CompressConfig,
     magnitude_baseline,
     network_prior,
@@ -118,18 +119,6 @@ TARGETS = {
     "fraction_in_whole_units": 0.5,
     "epoch_time_ratio": 1.5,
 }
-# what the masks alone decide, measured for magnitude pruning as for Turbo
-STRUCTURE_KEYS = (
-    "flops_dense",
-    "flops_compressed",
-    "flops_ratio",
-    "fraction_in_whole_units",
-    "neurons_kept",
-    "bytes_dense",
-    "bytes_compressed",
-    "bytes_coo",
-    "bytes_rle",
-)
 # report entries kept in a record (the rest, e.g. the live networks, stay out of the JSON)
 REPORT_KEYS = (
     "density",

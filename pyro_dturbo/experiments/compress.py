@@ -528,8 +528,9 @@ def svi_baseline(
     }
 
 
-#: What :func:`sparse_vd_baseline` copies from :func:`compression_report` of the pruned net.
-SPARSE_VD_STRUCTURE_KEYS = (
+#: The entries of :func:`compression_report` that the masks alone decide (FLOPs, whole units,
+#: bytes): what :func:`sparse_vd_baseline` and the benchmark's baselines copy into a record.
+STRUCTURE_KEYS = (
     "flops_dense",
     "flops_compressed",
     "flops_ratio",
@@ -588,5 +589,5 @@ def sparse_vd_baseline(
         "accuracy": evaluate_accuracy(result.net, data.x_test, data.y_test),
         "epoch_time": elapsed / epochs,
         "kl": result.history[-1]["kl"],
-        **{key: structure[key] for key in SPARSE_VD_STRUCTURE_KEYS},
+        **{key: structure[key] for key in STRUCTURE_KEYS},
     }

@@ -30,7 +30,7 @@ Another data set or model (``--dataset``, ``--model``) writes ``compress_<datase
 LeNet-300-100 on 5,000 MNIST digits (``results/compress_mnist-5k_lenet300100.json``), from::
 
     python benchmarks/compress.py --dataset mnist-5k --model lenet300100 --seeds 0 1 2 \\
-        --methods turbo-chain magnitude svi sparse-vd
+        --methods turbo-chain turbo-grid turbo-independent magnitude svi sparse-vd
 
 Epoch times are wall-clock on the CPU with ``--threads`` intra-op threads (default 1, for
 stable numbers); dense and Turbo epochs are always measured in the same process, one after the

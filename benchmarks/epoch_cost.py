@@ -12,8 +12,9 @@ medians), for:
 - ``weight-noise``: one weight sample per minibatch shared by its examples (one matmul; the
   gradients of mean and log-scale are elementwise in the weight's gradient), a standard
   alternative with noisier gradients;
-- ``mean-only``: no noise at all (a MAP step on the means: what the fine-tuning epochs run),
-  the floor of any variational step that keeps the mean's work;
+- ``mean-only``: no noise at all (a MAP step on the means, ``log sigma`` untouched so Adam
+  skips it: what the fine-tuning epochs run), the floor of any variational step that keeps the
+  mean's work;
 - ``turbo, variance every 2nd step``: the local reparameterisation on every other step, the
   mean-only step in between.
 
@@ -93,7 +94,8 @@ def turbo_step(
             logits = net(xb)
         (nn.functional.cross_entropy(logits, yb) * n).backward()
         for layer in layers:
-            layer.add_kl_grad(1.0)
+            # a step without sampling leaves log sigma alone, as the library's MAP steps do
+            layer.add_kl_grad(1.0, scale_grad=not use_mean)
         opt.step()
 
     return step
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "dense": "dense Adam step",
         "local": "Turbo w-step (local reparameterisation, the library's)",
         "weight-noise": "one weight sample per minibatch",
-        "mean-only": "mean only (no noise; the fine-tuning step)",
+        "mean-only": "mean only (no noise, sigma untouched; the fine-tuning step)",
         "every-2nd": "local reparameterisation every 2nd step",
     }
     rows = []

@@ -26,7 +26,6 @@ References
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -122,7 +121,8 @@ class NetworkConfig:
         ``E_q[rho]``; ``"log_mixture"`` is ``exp(q log(1/v1) + (1-q) log(1/v0))``, which depends
         on ``q(s)`` only and shrinks the weights the support calls inactive harder.
     :param str finetune: how ``q(w)`` trains once the support is frozen: ``"map"`` steps on
-        the pruned posterior mean itself, ``"vb"`` keeps the reparameterised steps.
+        the pruned posterior mean itself (the variances stay as they were),
+        ``"vb"`` keeps the reparameterised steps.
     :param str evidence: how the data's site on each weight is read for the A -> B message:
         ``"curvature"`` from the data term's gradients during the steps (the precision is
         ``2 dE/d sigma^2``, the mean from ``dE/d mu``: no prior enters it), ``"marginal"`` as
@@ -333,23 +333,23 @@ class NetworkModuleA:
                 name: torch.zeros(shape, dtype=self.x.dtype, device=self.device)
                 for name, shape in self.support_shape.items()
             },
-            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            optimizer=_copy_tensors(self.optimizer.state_dict()),
         )
 
     def update(
         self, params: dict[str, Any], prior: dict[str, BernoulliMessage]
-    ) -> tuple[dict[str, Any], dict[str, BernoulliMessage], dict[str, float]]:
+    ) -> tuple[dict[str, Any], dict[str, BernoulliMessage] | None, dict[str, float]]:
         """``steps_per_iter`` w-steps, then the closed-form ``q(s)``, ``q(rho)`` for all layers.
 
-        ``params`` is not changed (its tensors are copied in, never shared).
+        ``params`` is not changed (its tensors are copied in, never shared). Once the support
+        is frozen (fine-tuning) only ``q(w)`` moves and the evidence returned is ``None``.
         """
         frozen = self.freeze_after is not None and params["iteration"] >= self.freeze_after
         state, metrics, sums = self._w_steps(params, frozen)
         iteration = state["iteration"]
         if frozen:
-            # fine-tuning under a fixed support: same messages, masks stay, only w moves
-            snapshot = self._snapshot(evidence=params["evidence"], **state)
-            return snapshot, _messages(params["evidence"]), metrics
+            # fine-tuning under a fixed support: no new evidence, masks stay, only w moves
+            return self._snapshot(evidence=params["evidence"], **state), None, metrics
         warm = iteration <= self.warmup_iters
         evidence = {}
         with torch.no_grad():
@@ -377,7 +377,7 @@ class NetworkModuleA:
                     layer.set_mask(step.support_probs > 0.5)
             if self.config.prune == "iteration" and not warm:
                 freeze_pruned_moments(self.optimizer, self.layers.values())
-                state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+                state["optimizer"] = _copy_tensors(self.optimizer.state_dict())
         if warm:
             # no message yet: a flat evidence keeps Module B at its prior
             evidence = {k: torch.zeros_like(v) for k, v in evidence.items()}
@@ -444,9 +444,10 @@ class NetworkModuleA:
                 if curvature:
                     for name, layer in self.layers.items():
                         sums[name].add(layer)
-                # the KL term's gradient in closed form (same as backpropagating it)
+                # the KL term's gradient in closed form (same as backpropagating it); MAP
+                # steps leave log sigma without a gradient, so Adam skips it
                 for layer in self.layers.values():
-                    layer.add_kl_grad(kl_scale)
+                    layer.add_kl_grad(kl_scale, scale_grad=not layer.deterministic)
                 for layer in masked:
                     _mask_grads(layer)
                 self.optimizer.step()
@@ -467,7 +468,7 @@ class NetworkModuleA:
             "data": data,
             "noise": noise.get_state(),
             "iteration": params["iteration"] + 1,
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "optimizer": _copy_tensors(self.optimizer.state_dict()),
         }
         return state, metrics, sums
 
@@ -526,7 +527,7 @@ class NetworkModuleA:
             layer.set_mask(params["net"].get(f"{name}.mask"))  # masks come and go with the phase
         self.net.load_state_dict(params["net"])  # copies the values in
         # Adam's state tensors would be shared with params and changed by the next steps
-        self.optimizer.load_state_dict(copy.deepcopy(params["optimizer"]))
+        self.optimizer.load_state_dict(_copy_tensors(params["optimizer"]))
 
 
 @dataclass
@@ -651,6 +652,21 @@ def fit_network(
     for layer in module_a.layers.values():
         layer.deterministic = False  # leave the network as a plain variational one
     return NetworkResult(state.params, state, list(state.history), net=net, prior=prior)
+
+
+def _copy_tensors(obj: Any) -> Any:
+    """A copy of nested dicts / lists / tuples whose tensors are cloned (an optimizer's state
+    dict): what ``copy.deepcopy`` gives for such a tree, without its per-object bookkeeping,
+    which costs more than the copies themselves on a small network."""
+    if isinstance(obj, Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {key: _copy_tensors(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_copy_tensors(value) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(_copy_tensors(value) for value in obj)
+    return obj
 
 
 def _messages(logits: dict[str, Tensor]) -> dict[str, BernoulliMessage]:

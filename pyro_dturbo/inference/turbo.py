@@ -37,9 +37,11 @@ class ModuleA(Protocol):
 
     def update(
         self, params: dict[str, Any], prior: Messages
-    ) -> tuple[dict[str, Any], Messages, dict[str, float]]:
+    ) -> tuple[dict[str, Any], Messages | None, dict[str, float]]:
         """One pass given Module B's messages ``pi``; returns new params (the input is not
-        changed), the extrinsic evidence ``L`` per layer, and scalar metrics."""
+        changed), the extrinsic evidence ``L`` per layer (``None`` once the supports are
+        frozen: no new evidence, so Module B does not run and ``pi`` stays), and scalar
+        metrics."""
         ...
 
 
@@ -192,8 +194,13 @@ class TurboVBI:
         t0 = time.perf_counter()
         params, evidence, metrics = self.module_a.update(state.params, state.prior)
         t1 = time.perf_counter()
-        out = self.module_b(evidence, state.prior)
-        new = TurboState(params, out.messages, evidence, state.iteration + 1)
+        if evidence is None:  # frozen supports (fine-tuning): Module B has nothing new
+            new = TurboState(params, state.prior, state.evidence, state.iteration + 1)
+            delta_pi, time_b = 0.0, 0.0
+        else:
+            out = self.module_b(evidence, state.prior)
+            new = TurboState(params, out.messages, evidence, state.iteration + 1)
+            delta_pi, time_b = out.delta_pi, out.time
         posterior, old_posterior = new.posterior(), state.posterior()
         # Module B may be constant (independent supports): watch q(s) as well as pi.
         delta_q = max(
@@ -201,15 +208,15 @@ class TurboVBI:
         )
         record = {
             "iteration": state.iteration + 1,  # counts are ints (JSON integers)
-            "delta_pi": out.delta_pi,
+            "delta_pi": delta_pi,
             "delta_q": delta_q,
             "support_size": sum(int((m.logits > 0).sum()) for m in posterior.values()),
             "time_a": t1 - t0,
-            "time_b": out.time,
-            "time": t1 - t0 + out.time,
+            "time_b": time_b,
+            "time": t1 - t0 + time_b,
             **metrics,
         }
-        converged = max(out.delta_pi, delta_q) < self.tol and state.iteration + 1 >= self.min_iters
+        converged = max(delta_pi, delta_q) < self.tol and state.iteration + 1 >= self.min_iters
         return replace(new, converged=converged, history=state.history + (record,))
 
     def run(

@@ -77,6 +77,8 @@ class SparseBayesLayer(nn.Module):
     #: the generator of the reparameterisation noise (``None``: torch's global generator);
     #: Turbo-VBI sets its own, carried in the training state
     noise_generator: torch.Generator | None = None
+    #: ``(sigma^2, version of log sigma)`` of the last sampling forward pass (add_kl_grad)
+    _variance_cache: tuple[Tensor, int] | None = None
 
     def _init_posterior(self, shape: tuple[int, ...], bias: bool, init_scale: float) -> None:
         if not init_scale > 0:
@@ -153,6 +155,8 @@ class SparseBayesLayer(nn.Module):
     def _moments(self) -> tuple[Tensor, Tensor]:
         mu: Tensor = self.weight_loc
         var = self.weight_variance
+        # kept for add_kl_grad while log sigma is unchanged (its version counter says so)
+        self._variance_cache = (var.detach(), self.weight_log_scale._version)
         if self.mask is not None:
             mu, var = mu * self.mask, var * self.mask
         return mu, var
@@ -181,19 +185,32 @@ class SparseBayesLayer(nn.Module):
         return torch.addcmul(mean, std, noise)
 
     @torch.no_grad()
-    def add_kl_grad(self, scale: float) -> None:
+    def add_kl_grad(self, scale: float, scale_grad: bool = True) -> None:
         """Add ``scale * d KL / d(mu, log sigma)`` to the gradients, in closed form.
 
         ``dKL/dmu = p (mu - m)`` and ``dKL/dlog sigma = p sigma^2 - 1``: the same gradients as
-        backpropagating ``scale * self.kl()``, without building its graph every step.
+        backpropagating ``scale * self.kl()``, without building its graph every step. The
+        ``sigma^2`` of the last sampling forward pass is reused while ``log sigma`` has not
+        changed since.
+
+        :param bool scale_grad: ``False`` leaves ``log sigma``'s gradient alone (``None`` after
+            a deterministic forward pass, so the optimiser skips it): the MAP steps, whose
+            forward pass and loss do not depend on ``sigma``.
         """
         rho, mu, log_scale = self.prior_precision, self.weight_loc, self.weight_log_scale
         if mu.grad is None:
             mu.grad = torch.zeros_like(mu)
+        mu.grad.addcmul_(rho, mu - self.prior_mean, value=scale)
+        cache, self._variance_cache = self._variance_cache, None
+        if not scale_grad:
+            return
         if log_scale.grad is None:
             log_scale.grad = torch.zeros_like(log_scale)
-        mu.grad.addcmul_(rho, mu - self.prior_mean, value=scale)
-        log_scale.grad.add_(torch.exp(2.0 * log_scale).mul_(rho).sub_(1.0), alpha=scale)
+        if cache is not None and cache[1] == log_scale._version:
+            variance = torch.mul(cache[0], rho)
+        else:
+            variance = torch.exp(2.0 * log_scale).mul_(rho)
+        log_scale.grad.add_(variance.sub_(1.0), alpha=scale)
 
     @torch.no_grad()
     def set_prior(

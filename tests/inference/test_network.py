@@ -283,6 +283,35 @@ def test_map_finetune_changes_only_the_frozen_phase():
         fit_network(net, x, y, PRIOR, finetune="sgd")
 
 
+def test_map_finetune_moves_the_means_only_and_skips_module_b():
+    """MAP fine-tuning: log sigma is left as the variational steps left it (no gradient, so
+    Adam skips it), the means move, Module B does not run and its message stays what it would
+    compute from the frozen evidence."""
+    x, y, _ = _small_problem(400)
+    torch.manual_seed(2)
+    net = to_sparse_bayes(MLP(16, (8,), 3))
+    before = fit_network(net, x, y, PRIOR, epochs=3)  # the run up to the freeze
+    torch.manual_seed(2)
+    net = to_sparse_bayes(MLP(16, (8,), 3))
+    turbo = NetworkModuleA(net, PRIOR, x, y, NetworkConfig(epochs=5, finetune_epochs=2))
+    result = fit_network(net, x, y, PRIOR, epochs=5, finetune_epochs=2)
+    for name in ("fc1", "fc2"):
+        frozen = before.params["net"][f"{name}.weight_log_scale"]
+        assert torch.equal(result.params["net"][f"{name}.weight_log_scale"], frozen)
+        loc = f"{name}.weight_loc"
+        assert not torch.equal(result.params["net"][loc], before.params["net"][loc])
+    assert [r["time_b"] for r in result.history[3:]] == [0.0, 0.0]
+    assert all(r["time_b"] > 0 for r in result.history[:3])
+    assert [r["delta_pi"] for r in result.history[3:]] == [0.0, 0.0]
+    # the kept message is Module B's output on the frozen evidence (damping 0)
+    from pyro_dturbo.inference.turbo import TurboVBI
+
+    module_b = TurboVBI(turbo, PRIOR).module_b
+    again = module_b(result.state.evidence, result.state.prior).messages
+    for name, message in result.state.prior.items():
+        assert_close(again[name].logits, message.logits)
+
+
 def test_bad_inputs():
     x, y, _ = _small_problem()
     net = to_sparse_bayes(MLP(16, (8,), 3))

@@ -115,6 +115,35 @@ def test_closed_form_kl_gradient_equals_autograd(kind, masked):
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_kl_gradient_after_a_sampling_pass_and_after_sigma_changes(kind):
+    """add_kl_grad reuses the sampling pass's sigma^2 bit for bit, and recomputes it once log
+    sigma has changed in place (an optimiser step); scale_grad=False leaves log sigma alone."""
+    layer = _layer_with_prior(kind, masked=True)
+    layer.train()
+    x = torch.randn((4, 5) if kind == "linear" else (4, 2, 5, 5))
+    rho = layer.prior_precision
+
+    def expected():
+        return torch.exp(2.0 * layer.weight_log_scale.detach()).mul_(rho).sub_(1.0)
+
+    layer(x)
+    layer.add_kl_grad(1.0)
+    assert torch.equal(layer.weight_log_scale.grad, expected())
+    layer.zero_grad(set_to_none=True)
+    layer(x)
+    with torch.no_grad():
+        layer.weight_log_scale.add_(0.25)  # sigma moves after the forward pass
+    layer.add_kl_grad(1.0)
+    assert torch.equal(layer.weight_log_scale.grad, expected())
+    layer.zero_grad(set_to_none=True)
+    layer.deterministic = True
+    layer(x).sum().backward()
+    layer.add_kl_grad(1.0, scale_grad=False)
+    assert layer.weight_log_scale.grad is None
+    assert layer.weight_loc.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_zero_mean_prior_gives_the_zero_mean_numbers_bit_for_bit(kind):
     """Centralised training (N(0, 1/E[rho])) computes exactly what it did before the prior mean."""
     layer = _layer_with_prior(kind, masked=False, zero_mean=True)

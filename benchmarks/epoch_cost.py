@@ -18,10 +18,12 @@ medians), for:
 - ``turbo, variance every 2nd step``: the local reparameterisation on every other step, the
   mean-only step in between.
 
-Each variant's time per step is reported as a ratio to the dense step. Command (the committed
-``results/epoch_cost.json``)::
+Each variant's time per step is reported as a ratio to the dense step. ``--profile`` also
+runs ``torch.profiler`` over one epoch of the dense and the library's step and reports, per
+operator, the calls and the self CPU time per step (where a step's time goes). Command (the
+committed ``results/epoch_cost.json``)::
 
-    .venv/bin/python benchmarks/epoch_cost.py
+    .venv/bin/python benchmarks/epoch_cost.py --profile
 """
 
 from __future__ import annotations
@@ -101,12 +103,31 @@ def turbo_step(
     return step
 
 
+def profile_step(
+    step: Callable[[torch.Tensor, torch.Tensor], None], batches: list[tuple[Any, Any]]
+) -> dict[str, dict[str, float]]:
+    """Per operator: calls and self CPU microseconds per step, over one epoch of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for xb, yb in batches:
+            step(xb, yb)
+    n = len(batches)
+    return {
+        event.key: {"calls_per_step": event.count / n, "us_per_step": event.self_cpu_time_total / n}
+        for event in prof.key_averages()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved epochs per variant")
     parser.add_argument("--out", default="results/epoch_cost.json")
+    parser.add_argument(
+        "--profile", action="store_true", help="torch.profiler over the dense and library step"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_dataset("digits", seed=0, flatten=True)
@@ -151,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_to_dense_adam": statistics.median(t) / statistics.median(times["dense"]),
             }
         )
+    profiles = {}
+    if args.profile:
+        batches = _batches(x, y, args.batch_size, args.repeats + 1)
+        for name in ("dense", "local"):
+            profiles[name] = profile_step(variants[name], batches)
+            top = sorted(profiles[name].items(), key=lambda kv: -kv[1]["us_per_step"])[:8]
+            print(f"{name}: " + ", ".join(f"{op} {v['us_per_step']:.0f} us" for op, v in top))
     print(
         format_table(
             rows,
@@ -171,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "rows": rows,
             "times_s_per_step": times,
+            "profile_per_step": profiles,
             "machine": machine_info(),
         },
     )

@@ -45,7 +45,7 @@ MODELS = {"digits-mlp": ("digits", "mlp"), "mnist-5k-lenet300100": ("mnist-5k", 
 #: the targets of a compression run, as in ``benchmarks/compress.py``
 TARGETS = {"fraction_pruned": 0.95, "accuracy_loss_points": 1.0, "flops_fraction": 0.10}
 #: each setting: changes to :class:`NetworkConfig` (``network``), the chain prior (``chain``:
-#: ``p01``, ``p10``, ``active``, ``inactive``) and :class:`CompressConfig` (``run``; its
+#: ``p01``, ``p10``, ``along``, ``active``, ``inactive``) and :class:`CompressConfig` (``run``; its
 #: ``prior`` replaces the chain, e.g. ``"grid"``)
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "base": {},
@@ -72,6 +72,28 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "grid": {"run": {"prior": "grid"}},
     "grid-kl0.5": {"network": {"kl_weight": 0.5}, "run": {"prior": "grid"}},
     "grid-kl0.7": {"network": {"kl_weight": 0.7}, "run": {"prior": "grid"}},
+    # chains down the columns: a column is one input (pixel, unit) of the layer, so a run of
+    # inactive weights there removes that input from many units at once
+    "cols-ft50": {"network": {"epochs": 100, "finetune_epochs": 50}, "chain": {"along": "cols"}},
+    "cols-kl0.5-ft50": {
+        "network": {"kl_weight": 0.5, "epochs": 100, "finetune_epochs": 50},
+        "chain": {"along": "cols"},
+    },
+    "cols-kl0.25-ft50": {
+        "network": {"kl_weight": 0.25, "epochs": 100, "finetune_epochs": 50},
+        "chain": {"along": "cols"},
+    },
+    "ft50-ftkl0": {"network": {"epochs": 100, "finetune_epochs": 50, "finetune_kl_weight": 0.0}},
+    "ft50-ftkl0.1": {"network": {"epochs": 100, "finetune_epochs": 50, "finetune_kl_weight": 0.1}},
+    # long runs both ways (whole neurons on or off), stationary density 4.8% / 9.1%
+    "p01-0.002-p10-0.04-ft50": {
+        "network": {"epochs": 100, "finetune_epochs": 50},
+        "chain": {"p01": 0.002, "p10": 0.04},
+    },
+    "p01-0.005-p10-0.05-ft50": {
+        "network": {"epochs": 100, "finetune_epochs": 50},
+        "chain": {"p01": 0.005, "p10": 0.05},
+    },
     "grid-kl0.5-ft50": {
         "network": {"kl_weight": 0.5, "epochs": 100, "finetune_epochs": 50},
         "run": {"prior": "grid"},
@@ -84,8 +106,15 @@ def chain_prior(changes: Mapping[str, Any]) -> SparsePrior | str:
     ``Gamma(1, 1e-4)`` inactive) with ``changes``; the name ``"chain"`` when there are none."""
     if not changes:
         return "chain"
-    values = {"p01": 0.05, "p10": 0.2, "active": (1.0, 1.0), "inactive": (1.0, 1e-4), **changes}
-    support = MarkovChainSupport(values["p01"], values["p10"])
+    values = {
+        "p01": 0.05,
+        "p10": 0.2,
+        "along": "rows",
+        "active": (1.0, 1.0),
+        "inactive": (1.0, 1e-4),
+        **changes,
+    }
+    support = MarkovChainSupport(values["p01"], values["p10"], along=values["along"])
     return SparsePrior(support, active=values["active"], inactive=values["inactive"])
 
 

@@ -114,6 +114,8 @@ class NetworkConfig:
     :param float lr: Adam learning rate for ``mu`` and the biases.
     :param int steps_per_iter: gradient steps per turbo iteration (``None``: one epoch).
     :param float kl_weight: weight of the KL term (1 is the ELBO).
+    :param float finetune_kl_weight: its weight in the fine-tuning epochs (``None``: the same;
+        0 retrains the kept weights on the data term alone, as pruning pipelines usually do).
     :param float init_precision: ``E[rho]`` before the first closed-form step (the authors'
         demo: prior variance 1, so the weights learn before the prior prunes them).
     :param float scale_lr: learning-rate multiplier for ``log sigma``.
@@ -157,6 +159,7 @@ class NetworkConfig:
     lr: float = 3e-3
     steps_per_iter: int | None = None
     kl_weight: float = 1.0
+    finetune_kl_weight: float | None = None
     init_precision: float = 1.0
     scale_lr: float = 10.0
     weight_prior: str = "mean_field"
@@ -182,6 +185,7 @@ class NetworkConfig:
             "lr": self.lr > 0,
             "steps_per_iter": self.steps_per_iter is None or self.steps_per_iter >= 1,
             "kl_weight": self.kl_weight >= 0,
+            "finetune_kl_weight": self.finetune_kl_weight is None or self.finetune_kl_weight >= 0,
             "init_precision": self.init_precision > 0,
             "scale_lr": self.scale_lr > 0,
             "warmup_epochs": self.warmup_epochs >= 0,
@@ -427,7 +431,10 @@ class NetworkModuleA:
         sums = {n: _DataTermSums(layer) for n, layer in self.layers.items()} if curvature else {}
         masked = [layer for layer in self.layers.values() if layer.mask is not None]
         seen = 0
-        kl_scale = self.config.kl_weight / self.num_data
+        kl_weight = self.config.kl_weight
+        if frozen and self.config.finetune_kl_weight is not None:
+            kl_weight = self.config.finetune_kl_weight
+        kl_scale = kl_weight / self.num_data
         try:
             for _ in range(self.steps_per_iter):
                 if data["pos"] >= self.num_data:

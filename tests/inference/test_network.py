@@ -312,6 +312,25 @@ def test_map_finetune_moves_the_means_only_and_skips_module_b():
         assert_close(again[name].logits, message.logits)
 
 
+def test_finetune_kl_weight_changes_only_the_fine_tuning():
+    """``finetune_kl_weight`` weights the prior in the frozen epochs only; 0 is plain
+    cross-entropy there (the KL's gradient on the means vanishes, so they move differently)."""
+    x, y, _ = _small_problem(400)
+    results = {}
+    for weight in (None, 0.0):
+        torch.manual_seed(3)
+        net = to_sparse_bayes(MLP(16, (8,), 3))
+        results[weight] = fit_network(
+            net, x, y, PRIOR, epochs=5, finetune_epochs=2, finetune_kl_weight=weight
+        )
+    same, plain = results[None].history, results[0.0].history
+    assert [r["loss"] for r in same[:3]] == [r["loss"] for r in plain[:3]]
+    assert same[-1]["loss"] != plain[-1]["loss"]
+    assert same[-1]["density"] == plain[-1]["density"]  # the support is frozen before
+    with pytest.raises(ValueError, match="finetune_kl_weight"):
+        NetworkConfig(finetune_kl_weight=-1.0)
+
+
 def test_bad_inputs():
     x, y, _ = _small_problem()
     net = to_sparse_bayes(MLP(16, (8,), 3))

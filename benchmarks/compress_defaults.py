@@ -45,8 +45,8 @@ MODELS = {"digits-mlp": ("digits", "mlp"), "mnist-5k-lenet300100": ("mnist-5k", 
 #: the targets of a compression run, as in ``benchmarks/compress.py``
 TARGETS = {"fraction_pruned": 0.95, "accuracy_loss_points": 1.0, "flops_fraction": 0.10}
 #: each setting: changes to :class:`NetworkConfig` (``network``), the chain prior (``chain``:
-#: ``p01``, ``p10``, ``along``, ``active``, ``inactive``) and :class:`CompressConfig` (``run``; its
-#: ``prior`` replaces the chain, e.g. ``"grid"``)
+#: ``p01``, ``p10``, ``along``, ``layer_along``, ``active``, ``inactive``) and
+#: :class:`CompressConfig` (``run``; its ``prior`` replaces the chain, e.g. ``"grid"``)
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "base": {},
     "kl0.5": {"network": {"kl_weight": 0.5}},
@@ -94,6 +94,28 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "network": {"epochs": 100, "finetune_epochs": 50},
         "chain": {"p01": 0.005, "p10": 0.05},
     },
+    "grid-ft50": {"network": {"epochs": 100, "finetune_epochs": 50}, "run": {"prior": "grid"}},
+    "grid-kl0.7-ft50": {
+        "network": {"kl_weight": 0.7, "epochs": 100, "finetune_epochs": 50},
+        "run": {"prior": "grid"},
+    },
+    "grid-kl0.8-ft50": {
+        "network": {"kl_weight": 0.8, "epochs": 100, "finetune_epochs": 50},
+        "run": {"prior": "grid"},
+    },
+    "grid-kl0.7-ft80": {
+        "network": {"kl_weight": 0.7, "epochs": 130, "finetune_epochs": 80},
+        "run": {"prior": "grid"},
+    },
+    # the first layer's chains down its columns (whole pixels), the others along their rows
+    "fc1-cols-ft50": {
+        "network": {"epochs": 100, "finetune_epochs": 50},
+        "chain": {"layer_along": {"fc1": "cols"}},
+    },
+    "fc1-cols-kl0.5-ft50": {
+        "network": {"kl_weight": 0.5, "epochs": 100, "finetune_epochs": 50},
+        "chain": {"layer_along": {"fc1": "cols"}},
+    },
     "grid-kl0.5-ft50": {
         "network": {"kl_weight": 0.5, "epochs": 100, "finetune_epochs": 50},
         "run": {"prior": "grid"},
@@ -115,7 +137,18 @@ def chain_prior(changes: Mapping[str, Any]) -> SparsePrior | str:
         **changes,
     }
     support = MarkovChainSupport(values["p01"], values["p10"], along=values["along"])
-    return SparsePrior(support, active=values["active"], inactive=values["inactive"])
+    layers = {
+        # per-layer chain directions, e.g. {"fc1": "cols"}: that layer's chain runs that way
+        name: SparsePrior(
+            MarkovChainSupport(values["p01"], values["p10"], along=along),
+            active=values["active"],
+            inactive=values["inactive"],
+        )
+        for name, along in values.get("layer_along", {}).items()
+    }
+    return SparsePrior(
+        support, active=values["active"], inactive=values["inactive"], layer_priors=layers
+    )
 
 
 def config(setting: str, model: str, seed: int, smoke: bool = False) -> CompressConfig:

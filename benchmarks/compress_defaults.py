@@ -116,6 +116,15 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "network": {"kl_weight": 0.5, "epochs": 100, "finetune_epochs": 50},
         "chain": {"layer_along": {"fc1": "cols"}},
     },
+    # Module B's message damped (weight of the previous pi): the support stops swinging
+    "damp0.5-ft50": {"network": {"epochs": 100, "finetune_epochs": 50, "damping": 0.5}},
+    "damp0.8-ft50": {"network": {"epochs": 100, "finetune_epochs": 50, "damping": 0.8}},
+    "damp0.8-kl0.5-ft50": {
+        "network": {"epochs": 100, "finetune_epochs": 50, "damping": 0.8, "kl_weight": 0.5}
+    },
+    "damp0.8-kl0.25-ft50": {
+        "network": {"epochs": 100, "finetune_epochs": 50, "damping": 0.8, "kl_weight": 0.25}
+    },
     "grid-kl0.5-ft50": {
         "network": {"kl_weight": 0.5, "epochs": 100, "finetune_epochs": 50},
         "run": {"prior": "grid"},
